@@ -1,0 +1,112 @@
+"""Domain errors, raised where a problem is found and mapped to HTTP in one place.
+
+Every error carries a stable machine-readable ``code`` (part of the API contract),
+a human ``message`` saying what is wrong, and optional structured ``details``.
+The HTTP status for each class lives in ``app/api/errors.py``; nothing in the
+domain packages knows about HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base of every error the service reports to a caller."""
+
+    code = "error"
+
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+# --- input (ECG files, request bodies) -------------------------------------------------
+
+
+class InvalidInput(ServiceError):
+    """The request is well-formed HTTP but its content cannot be used."""
+
+    code = "invalid_input"
+
+
+class UnsupportedFormat(InvalidInput):
+    """The upload is not in any format the service reads."""
+
+    code = "unsupported_format"
+
+
+class MalformedFile(InvalidInput):
+    """The upload claims a known format but its content is broken."""
+
+    code = "malformed_file"
+
+
+class MissingLeads(InvalidInput):
+    """Standard leads are missing and cannot be derived."""
+
+    code = "missing_leads"
+
+
+class SignalTooShort(InvalidInput):
+    """The recording is shorter than one model window and padding was not requested."""
+
+    code = "signal_too_short"
+
+
+class UnsupportedSignal(InvalidInput):
+    """Sampling rate, units or shape outside what the service accepts."""
+
+    code = "unsupported_signal"
+
+
+class UploadTooLarge(InvalidInput):
+    """An upload, archive member or decompressed size exceeds its limit."""
+
+    code = "upload_too_large"
+
+
+class UnsafeUpload(InvalidInput):
+    """An upload tries to reach outside its sandbox (path traversal, links)."""
+
+    code = "unsafe_upload"
+
+
+# --- resources --------------------------------------------------------------------------
+
+
+class NotFound(ServiceError):
+    code = "not_found"
+
+
+class Conflict(ServiceError):
+    code = "conflict"
+
+
+# --- model --------------------------------------------------------------------------------
+
+
+class ModelNotReady(ServiceError):
+    code = "model_not_ready"
+
+
+class CheckpointError(ServiceError):
+    """A checkpoint file cannot be used; the message names the problem."""
+
+    code = "checkpoint_invalid"
+
+
+class BundleError(ServiceError):
+    """A model bundle directory is missing, incomplete or inconsistent."""
+
+    code = "bundle_invalid"
+
+
+class FetchError(ServiceError):
+    """Downloading weights or tokenizer files failed."""
+
+    code = "fetch_failed"
