@@ -1,0 +1,271 @@
+"""DICOM ECG waveform reader (12-lead ECG and General ECG Waveform Storage).
+
+Parsing is done by pydicom (file structure, Waveform Sequence, multiplex group sample
+decoding via ``pydicom.waveforms.multiplex_array``); this module only chooses the multiplex
+group, names the channels and converts each channel to millivolts::
+
+    value = raw * ChannelSensitivity * ChannelSensitivityCorrectionFactor + ChannelBaseline
+
+in the units of ChannelSensitivityUnitsSequence (UCUM ``uV``, ``mV``, ``V``, ``nV``), then to mV.
+
+The rhythm group (MultiplexGroupLabel ``RHYTHM``, otherwise the longest group that is not a
+median/representative beat) is chosen over median beats. Patient module attributes are never
+copied into ``Recording.metadata``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.recording import Recording, SignalWarning
+from app.errors import MalformedFile, UnsupportedSignal
+
+ECG_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG Waveform Storage",
+    "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG Waveform Storage",
+}
+
+# UCUM unit code -> factor to millivolts
+_UNIT_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6, "µv": 1e-3}
+
+# SCP-ECG lead codes (coding scheme SCPECG, code value "5.6.3-9-N")
+_SCPECG_LEADS = {
+    1: "I", 2: "II", 3: "V1", 4: "V2", 5: "V3", 6: "V4", 7: "V5", 8: "V6", 9: "V7",
+    10: "V2R", 11: "V3R", 12: "V4R", 13: "V5R", 14: "V6R", 15: "V7R", 16: "X", 17: "Y", 18: "Z",
+    61: "III", 62: "aVR", 63: "aVL", 64: "aVF",
+}
+
+_MEDIAN_WORDS = ("MEDIAN", "REPRESENTATIVE", "AVERAGE", "TEMPLATE")
+
+
+def _lead_name(channel: Any, index: int) -> str:
+    """Lead name from ChannelSourceSequence (CodeMeaning, then SCP-ECG code) or ChannelLabel.
+
+    ``"Lead I"``, ``"Lead I (Einthoven)"`` and ``"Lead aVR, augmented voltage, right"`` become
+    ``"I"`` and ``"aVR"``; other spellings are kept as the file has them.
+    """
+    src = channel.get("ChannelSourceSequence")
+    if src:
+        item = src[0]
+        meaning = str(item.get("CodeMeaning", "") or "").strip()
+        if meaning:
+            name = re.sub(r"^lead\s+", "", meaning, flags=re.IGNORECASE)
+            name = re.split(r"[,(]", name, maxsplit=1)[0].strip()
+            if name:
+                return name
+        code = str(item.get("CodeValue", "") or "")
+        m = re.fullmatch(r"5\.6\.3-9-(\d+)", code)
+        if m and int(m.group(1)) in _SCPECG_LEADS:
+            return _SCPECG_LEADS[int(m.group(1))]
+    label = str(channel.get("ChannelLabel", "") or "").strip()
+    if label:
+        return label
+    return f"Channel {index + 1}"
+
+
+def _unit_factor(channel: Any, lead: str) -> float:
+    seq = channel.get("ChannelSensitivityUnitsSequence")
+    if not seq:
+        raise MalformedFile(
+            f"DICOM ECG channel {lead!r} has a ChannelSensitivity but no "
+            "ChannelSensitivityUnitsSequence; cannot tell the units"
+        )
+    code = str(seq[0].get("CodeValue", "") or "").strip()
+    # UCUM is case-sensitive ("MV" would be megavolt), so only an exact "MV" is refused
+    factor = None if code == "MV" else _UNIT_TO_MV.get(code.lower())
+    if factor is None:
+        meaning = str(seq[0].get("CodeMeaning", "") or "").lower()
+        for word, f in (("microvolt", 1e-3), ("millivolt", 1.0), ("nanovolt", 1e-6), ("volt", 1e3)):
+            if word in meaning:
+                factor = f
+                break
+    if factor is None:
+        raise UnsupportedSignal(
+            f"DICOM ECG channel {lead!r} has unsupported sensitivity units {code!r}"
+        )
+    return factor
+
+
+def _is_median(label: str) -> bool:
+    up = label.upper()
+    return any(w in up for w in _MEDIAN_WORDS)
+
+
+def _choose_group(seq: Any) -> tuple[int, list[SignalWarning]]:
+    infos = []
+    for i, item in enumerate(seq):
+        label = str(item.get("MultiplexGroupLabel", "") or "")
+        try:
+            n = int(item.get("NumberOfWaveformSamples", 0) or 0)
+            fs = float(item.get("SamplingFrequency", 0) or 0)
+        except (TypeError, ValueError):
+            n, fs = 0, 0.0
+        dur = n / fs if fs > 0 else 0.0
+        infos.append((i, label, dur))
+    rhythm = [i for i, label, _ in infos if label.strip().upper() == "RHYTHM"]
+    if rhythm:
+        return rhythm[0], []
+    non_median = [x for x in infos if not _is_median(x[1])]
+    if non_median:
+        return max(non_median, key=lambda x: x[2])[0], []
+    best = max(infos, key=lambda x: x[2])
+    return best[0], [
+        SignalWarning(
+            "median_beats_only",
+            f"DICOM file holds only median/representative beats (group {best[1]!r}); "
+            "no rhythm waveform",
+        )
+    ]
+
+
+class DicomEcgReader:
+    name = "dicom"
+    title = "DICOM ECG Waveform Storage (12-lead / General ECG)"
+    extensions = (".dcm", ".dicom")
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        return len(head) >= 132 and head[128:132] == b"DICM"
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+        from pydicom.waveforms import multiplex_array
+
+        try:
+            ds = pydicom.dcmread(str(path))
+        except InvalidDicomError as exc:
+            raise MalformedFile(f"not a valid DICOM file: {exc}") from None
+        except Exception as exc:  # truncated / corrupt element stream
+            raise MalformedFile(f"DICOM file cannot be parsed (truncated or corrupt?): {exc}") from None
+
+        try:
+            sop = str(ds.get("SOPClassUID", "") or "")
+            if sop not in ECG_SOP_CLASSES:
+                name = getattr(ds.get("SOPClassUID"), "name", "") or "unknown"
+                raise MalformedFile(
+                    f"DICOM file is not an ECG waveform: SOP class {sop or '(none)'} ({name}); "
+                    f"expected one of {', '.join(ECG_SOP_CLASSES)}"
+                )
+            seq = ds.get("WaveformSequence")
+            if not seq:
+                raise MalformedFile("DICOM ECG has no WaveformSequence (no waveform data)")
+
+            index, warnings = _choose_group(seq)
+            item = seq[index]
+            label = str(item.get("MultiplexGroupLabel", "") or "")
+            fs_raw = item.get("SamplingFrequency")
+            if fs_raw is None or str(fs_raw).strip() == "":
+                raise MalformedFile(
+                    f"DICOM ECG multiplex group {index} ({label!r}) has no SamplingFrequency"
+                )
+            fs = float(fs_raw)
+            if not np.isfinite(fs) or fs <= 0:
+                raise UnsupportedSignal(f"DICOM ECG sampling frequency {fs} is not positive")
+            channels = item.get("ChannelDefinitionSequence")
+            if not channels:
+                raise MalformedFile(
+                    f"DICOM ECG multiplex group {index} has no ChannelDefinitionSequence (no leads)"
+                )
+            if "WaveformData" not in item:
+                raise MalformedFile(f"DICOM ECG multiplex group {index} has no WaveformData")
+            n_ch = int(item.NumberOfWaveformChannels)
+            n_samp = int(item.NumberOfWaveformSamples)
+            bits = int(item.WaveformBitsAllocated)
+            if n_ch != len(channels):
+                raise MalformedFile(
+                    f"DICOM ECG group {index}: NumberOfWaveformChannels={n_ch} but "
+                    f"{len(channels)} channel definitions"
+                )
+            expected = n_ch * n_samp * (bits // 8)
+            got = len(item.WaveformData)
+            if got < expected:
+                raise MalformedFile(
+                    f"DICOM ECG WaveformData is truncated: {got} bytes, expected {expected} "
+                    f"({n_ch} channels x {n_samp} samples x {bits} bits)"
+                )
+            try:
+                raw = multiplex_array(ds, index, as_raw=True)
+            except Exception as exc:
+                raise MalformedFile(f"DICOM ECG waveform data cannot be decoded: {exc}") from None
+
+            raw = np.asarray(raw)
+            signals = np.empty((n_ch, n_samp), dtype=np.float64)
+            names: list[str] = []
+            lsb_mv: list[float] = []
+            padding = item.get("WaveformPaddingValue")
+            pad_value = None
+            if padding is not None:
+                pad_arr = np.frombuffer(
+                    bytes(padding), dtype=raw.dtype.newbyteorder("<")
+                ) if isinstance(padding, (bytes, bytearray)) else np.asarray([padding])
+                if pad_arr.size:
+                    pad_value = pad_arr[0]
+            for j, ch in enumerate(channels):
+                lead = _lead_name(ch, j)
+                names.append(lead)
+                col = raw[:n_samp, j].astype(np.float64)
+                if "ChannelSensitivity" in ch and ch.ChannelSensitivity not in (None, ""):
+                    sens = float(ch.ChannelSensitivity)
+                    corr = float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
+                    base = float(ch.get("ChannelBaseline", 0.0) or 0.0)
+                    factor = _unit_factor(ch, lead)
+                    val = (col * sens * corr + base) * factor
+                    lsb_mv.append(abs(sens * corr * factor))
+                else:
+                    if hints.units is None:
+                        raise MalformedFile(
+                            f"DICOM ECG channel {lead!r} has no ChannelSensitivity; "
+                            "samples cannot be converted to millivolts"
+                        )
+                    from_units = {"mv": 1.0, "uv": 1e-3, "v": 1e3, "nv": 1e-6}.get(
+                        hints.units.lower()
+                    )
+                    if from_units is None:
+                        raise UnsupportedSignal(f"unknown units hint {hints.units!r}")
+                    val = col * from_units
+                    lsb_mv.append(from_units)
+                if pad_value is not None:
+                    val[raw[:n_samp, j] == pad_value] = np.nan
+                signals[j] = val
+        except (MalformedFile, UnsupportedSignal):
+            raise
+        except Exception as exc:  # missing mandatory attribute, bad VR value, ...
+            raise MalformedFile(f"DICOM ECG waveform is malformed: {exc}") from None
+
+        if np.isnan(signals).any():
+            bad = tuple(n for n, row in zip(names, signals) if np.isnan(row).any())
+            warnings.append(
+                SignalWarning("nan_samples", "padding samples set to NaN", bad)
+            )
+        groups = [str(it.get("MultiplexGroupLabel", "") or "") for it in seq]
+        metadata: dict[str, Any] = {
+            "sop_class_uid": sop,
+            "sop_class": ECG_SOP_CLASSES[sop],
+            "multiplex_group": label,
+            "multiplex_groups": groups,
+            "bits_allocated": bits,
+            "lsb_mV": lsb_mv,
+        }
+        manufacturer = ds.get("Manufacturer")
+        if manufacturer:
+            metadata["manufacturer"] = str(manufacturer)
+        return Recording(
+            signals=signals,
+            fs=fs,
+            lead_names=tuple(names),
+            source_format=self.name,
+            warnings=warnings,
+            metadata=metadata,
+        )
+
+
+READER = DicomEcgReader()

@@ -1,0 +1,181 @@
+"""GE MUSE resting ECG XML (root ``RestingECG``).
+
+No maintained PyPI parser for MUSE XML exists, so this module reads it itself (XML parsed with
+defusedxml: the usual ``<!DOCTYPE RestingECG SYSTEM "restecg.dtd">`` is allowed but never
+fetched; entity declarations and external references are refused).
+
+Read::
+
+    RestingECG/Waveform          WaveformType "Rhythm" (chosen) or "Median"
+      SampleBase [* 10**SampleExponent] -> fs
+      LeadData                   LeadID, LeadAmplitudeUnitsPerBit (e.g. 4.88),
+                                 LeadAmplitudeUnits (MICROVOLTS), LeadSampleCountTotal,
+                                 WaveFormData = base64 of little-endian int16
+
+MUSE stores only I, II and V1-V6; those leads are returned as stored and
+``metadata["derive_limb_leads"]`` says III, aVR, aVL and aVF must be derived (preprocessing
+does that). Patient demographics are never copied into metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+from xml.etree.ElementTree import Element
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.readers.hl7_aecg import child, children, local, parse_xml, root_name_from_head
+from app.ecg.recording import Recording, SignalWarning
+from app.errors import MalformedFile, UnsupportedSignal
+
+FORMAT_LABEL = "GE MUSE XML"
+_UNITS_TO_MV = {
+    "MICROVOLTS": 1e-3, "MICROVOLT": 1e-3, "UV": 1e-3,
+    "MILLIVOLTS": 1.0, "MILLIVOLT": 1.0, "MV": 1.0,
+    "NANOVOLTS": 1e-6, "VOLTS": 1e3,
+}
+_LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
+
+
+def _text(el: Element | None) -> str:
+    return (el.text or "").strip() if el is not None else ""
+
+
+def _number(el: Element, name: str, what: str, *, required: bool = True) -> float | None:
+    raw = _text(child(el, name))
+    if not raw:
+        if required:
+            raise MalformedFile(f"{FORMAT_LABEL}: {what} has no {name}")
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} {name} {raw!r} is not a number") from None
+    if not np.isfinite(v):
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} {name} is not finite")
+    return v
+
+
+class GeMuseReader:
+    name = "ge_muse"
+    title = "GE MUSE resting ECG XML"
+    extensions = (".xml",)
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        return root_name_from_head(head) == "RestingECG"
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
+        root = parse_xml(path, FORMAT_LABEL)
+        if local(root.tag) != "RestingECG":
+            raise MalformedFile(
+                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'RestingECG'"
+            )
+        waveforms = children(root, "Waveform")
+        if not waveforms:
+            raise MalformedFile(f"{FORMAT_LABEL}: no Waveform element")
+        types = [_text(child(w, "WaveformType")) for w in waveforms]
+        rhythm = [w for w, t in zip(waveforms, types) if t.lower() == "rhythm"]
+        warnings: list[SignalWarning] = []
+        if rhythm:
+            wf = rhythm[0]
+        else:
+            non_median = [w for w, t in zip(waveforms, types) if t.lower() != "median"]
+            wf = non_median[0] if non_median else waveforms[0]
+            if not non_median:
+                warnings.append(
+                    SignalWarning("median_beats_only", "MUSE file holds only median beats")
+                )
+        wtype = _text(child(wf, "WaveformType")) or "(unnamed)"
+        what = f"{wtype} waveform"
+
+        base = _number(wf, "SampleBase", what, required=False)
+        if base is None:
+            if not hints.sampling_rate:
+                raise MalformedFile(f"{FORMAT_LABEL}: {what} has no SampleBase (sampling rate)")
+            fs = float(hints.sampling_rate)
+        else:
+            exp = _number(wf, "SampleExponent", what, required=False) or 0.0
+            fs = base * 10.0**exp
+        if fs <= 0:
+            raise UnsupportedSignal(f"{FORMAT_LABEL}: sampling rate {fs} is not positive")
+
+        leads = children(wf, "LeadData")
+        if not leads:
+            raise MalformedFile(f"{FORMAT_LABEL}: {what} has no LeadData elements (no leads)")
+        names: list[str] = []
+        rows: list[np.ndarray] = []
+        lsb: list[float] = []
+        for i, ld in enumerate(leads):
+            lead = _text(child(ld, "LeadID")) or f"Lead {i + 1}"
+            lwhat = f"lead {lead}"
+            per_bit = _number(ld, "LeadAmplitudeUnitsPerBit", lwhat)
+            units = _text(child(ld, "LeadAmplitudeUnits")).upper()
+            if not units:
+                raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} has no LeadAmplitudeUnits")
+            factor = _UNITS_TO_MV.get(units)
+            if factor is None:
+                raise UnsupportedSignal(f"{FORMAT_LABEL}: {lwhat} has unknown units {units!r}")
+            data_text = _text(child(ld, "WaveFormData"))
+            if not data_text:
+                raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} has no WaveFormData")
+            try:
+                raw = base64.b64decode(re.sub(r"\s+", "", data_text), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise MalformedFile(
+                    f"{FORMAT_LABEL}: {lwhat} WaveFormData is not valid base64 ({exc})"
+                ) from None
+            if len(raw) % 2:
+                raise MalformedFile(
+                    f"{FORMAT_LABEL}: {lwhat} WaveFormData has an odd byte count {len(raw)} "
+                    "(expected int16 samples)"
+                )
+            samples = np.frombuffer(raw, dtype="<i2")
+            count = _number(ld, "LeadSampleCountTotal", lwhat, required=False)
+            if count is not None:
+                count = int(count)
+                if samples.size < count:
+                    raise MalformedFile(
+                        f"{FORMAT_LABEL}: {lwhat} WaveFormData is truncated: {samples.size} "
+                        f"samples, LeadSampleCountTotal says {count}"
+                    )
+                samples = samples[:count]
+            names.append(lead)
+            rows.append(samples.astype(np.float64) * (per_bit * factor))
+            lsb.append(abs(per_bit * factor))
+
+        if len(set(names)) != len(names):
+            raise MalformedFile(f"{FORMAT_LABEL}: duplicate LeadID in {names}")
+        lengths = {r.size for r in rows}
+        n = min(lengths)
+        if len(lengths) > 1:
+            warnings.append(
+                SignalWarning(
+                    "unequal_lead_lengths", f"leads have {sorted(lengths)} samples; all cut to {n}"
+                )
+            )
+        signals = np.vstack([r[:n] for r in rows])
+        missing = [x for x in _LIMB_DERIVED if x not in names]
+        metadata: dict = {"waveform_type": wtype, "lsb_mV": lsb}
+        if missing:
+            metadata["derive_limb_leads"] = (
+                f"GE MUSE stores only {', '.join(names)}; limb leads {', '.join(missing)} "
+                "must be derived from I and II"
+            )
+        return Recording(
+            signals=signals,
+            fs=fs,
+            lead_names=tuple(names),
+            source_format=self.name,
+            warnings=warnings,
+            metadata=metadata,
+        )
+
+
+READER = GeMuseReader()

@@ -1,0 +1,272 @@
+"""HL7 v3 annotated ECG (FDA aECG XML, namespace ``urn:hl7-org:v3``).
+
+No maintained Python parser for aECG exists on PyPI, so this module walks the XML itself
+(parsed with defusedxml: DTDs allowed, entity declarations and external references refused,
+nothing is fetched).
+
+Structure read::
+
+    AnnotatedECG/component/series            code RHYTHM (preferred) - never derivation/derivedSeries
+      component/sequenceSet/component/sequence
+        code TIME_ABSOLUTE | TIME_RELATIVE    value GLIST_TS / GLIST_PQ: increment (s, ms, us) -> fs
+        code MDC_ECG_LEAD_*                   value SLIST_PQ: origin, scale (uV, mV, ...), digits
+
+physical value = origin + scale * digit, converted to mV. MDC lead codes become standard
+names ("MDC_ECG_LEAD_AVR" -> "aVR"); codes outside the 12 standard leads keep their suffix.
+Subject demographics are never copied into metadata.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from xml.etree.ElementTree import Element
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.recording import Recording, SignalWarning
+from app.errors import MalformedFile, UnsupportedSignal
+
+FORMAT_LABEL = "HL7 aECG"
+XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
+
+_UNIT_TO_MV = {"uv": 1e-3, "µv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6}
+_TIME_TO_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_MDC_STANDARD = {
+    "I": "I", "II": "II", "III": "III", "AVR": "aVR", "AVL": "aVL", "AVF": "aVF",
+    "V1": "V1", "V2": "V2", "V3": "V3", "V4": "V4", "V5": "V5", "V6": "V6",
+}
+
+
+# --- XML helpers, also used by the GE MUSE and Philips Sierra readers ---------------------
+
+
+def root_name_from_head(head: bytes) -> str | None:
+    """Local name of the first element in an XML prefix, or None if it is not XML."""
+    if head.startswith(b"\xef\xbb\xbf"):
+        text = head[3:].decode("utf-8", "replace")
+    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", "replace")
+    else:
+        text = head.decode("latin-1")
+    text = text.lstrip()
+    if not text.startswith("<"):
+        return None
+    text = re.sub(r"<\?.*?\?>", "", text, flags=re.S)
+    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
+    text = re.sub(r"<!DOCTYPE[^\[>]*(\[.*?\]\s*)?>", "", text, flags=re.S | re.I)
+    m = re.match(r"\s*<([A-Za-z_][\w.\-]*:)?([A-Za-z_][\w.\-]*)", text)
+    return m.group(2) if m else None
+
+
+def parse_xml(path: Path, label: str) -> Element:
+    """Parse with defusedxml; every failure becomes MalformedFile naming the problem."""
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+    from xml.etree.ElementTree import ParseError
+
+    try:
+        return DET.parse(
+            str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True
+        ).getroot()
+    except DefusedXmlException as exc:
+        raise MalformedFile(
+            f"{label} XML refused: it declares entities or references external resources "
+            f"({type(exc).__name__}: {exc}); nothing was fetched"
+        ) from None
+    except ParseError as exc:
+        raise MalformedFile(f"{label} XML is not well-formed (truncated?): {exc}") from None
+    except (OSError, ValueError) as exc:
+        raise MalformedFile(f"{label} XML cannot be read: {exc}") from None
+
+
+def local(tag: Any) -> str:
+    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
+
+
+def children(el: Element, name: str) -> list[Element]:
+    return [c for c in el if local(c.tag) == name]
+
+
+def child(el: Element, name: str) -> Element | None:
+    for c in el:
+        if local(c.tag) == name:
+            return c
+    return None
+
+
+# --- aECG -----------------------------------------------------------------------------------
+
+
+def _code(el: Element) -> str:
+    c = child(el, "code")
+    return (c.get("code") or "").strip() if c is not None else ""
+
+
+def _pq(el: Element | None, what: str) -> tuple[float, str]:
+    if el is None or el.get("value") in (None, ""):
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} has no value")
+    try:
+        v = float(el.get("value"))
+    except ValueError:
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} value {el.get('value')!r} is not a number") from None
+    if not np.isfinite(v):
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} value is not finite")
+    return v, (el.get("unit") or "").strip()
+
+
+def _lead_name(code: str) -> str:
+    suffix = code[len("MDC_ECG_LEAD_"):]
+    return _MDC_STANDARD.get(suffix.upper(), suffix)
+
+
+def _series_candidates(root: Element) -> list[Element]:
+    """Top-level series (AnnotatedECG/component/series); derivedSeries are never included."""
+    out = []
+    for comp in children(root, "component"):
+        out.extend(children(comp, "series"))
+    return out
+
+
+def _sequence_sets(series: Element) -> list[Element]:
+    out = []
+    for comp in children(series, "component"):
+        out.extend(children(comp, "sequenceSet"))
+    return out
+
+
+def _sequences(seqset: Element) -> list[Element]:
+    out = []
+    for comp in children(seqset, "component"):
+        out.extend(children(comp, "sequence"))
+    return out
+
+
+class HL7AecgReader:
+    name = "hl7_aecg"
+    title = "HL7 aECG (FDA annotated ECG XML)"
+    extensions = (".xml",)
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        return root_name_from_head(head) == "AnnotatedECG"
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
+        root = parse_xml(path, FORMAT_LABEL)
+        if local(root.tag) != "AnnotatedECG":
+            raise MalformedFile(
+                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'AnnotatedECG'"
+            )
+        series = _series_candidates(root)
+        if not series:
+            raise MalformedFile(f"{FORMAT_LABEL}: no component/series element (no waveforms)")
+        rhythm = [s for s in series if _code(s).upper() == "RHYTHM"]
+        warnings: list[SignalWarning] = []
+        chosen = rhythm[0] if rhythm else None
+        if chosen is None:
+            non_median = [s for s in series if "BEAT" not in _code(s).upper()]
+            chosen = non_median[0] if non_median else series[0]
+            if not non_median:
+                warnings.append(
+                    SignalWarning("median_beats_only", "aECG holds only representative beats")
+                )
+
+        seqsets = [ss for ss in _sequence_sets(chosen) if _sequences(ss)]
+        if not seqsets:
+            raise MalformedFile(f"{FORMAT_LABEL}: series {_code(chosen)!r} has no sequenceSet")
+        seqset = seqsets[0]
+
+        fs: float | None = None
+        names: list[str] = []
+        rows: list[np.ndarray] = []
+        lsb: list[float] = []
+        for seq in _sequences(seqset):
+            code = _code(seq)
+            value = child(seq, "value")
+            if code.startswith("TIME_"):
+                if value is None:
+                    raise MalformedFile(f"{FORMAT_LABEL}: time sequence {code} has no value")
+                inc, unit = _pq(child(value, "increment"), f"time sequence {code} increment")
+                factor = _TIME_TO_S.get(unit.lower()) if unit else None
+                if factor is None:
+                    raise UnsupportedSignal(
+                        f"{FORMAT_LABEL}: time increment unit {unit!r} is not s, ms or us"
+                    )
+                if inc <= 0:
+                    raise UnsupportedSignal(f"{FORMAT_LABEL}: time increment {inc} is not positive")
+                fs = 1.0 / (inc * factor)
+            elif code.startswith("MDC_ECG_LEAD_"):
+                lead = _lead_name(code)
+                if value is None:
+                    raise MalformedFile(f"{FORMAT_LABEL}: lead {lead} has no value")
+                vtype = value.get(XSI_TYPE, "")
+                if vtype and vtype.split(":")[-1] != "SLIST_PQ":
+                    raise UnsupportedSignal(
+                        f"{FORMAT_LABEL}: lead {lead} value type {vtype!r} is not SLIST_PQ"
+                    )
+                origin_el = child(value, "origin")
+                origin, ounit = (0.0, "") if origin_el is None else _pq(origin_el, f"lead {lead} origin")
+                scale, sunit = _pq(child(value, "scale"), f"lead {lead} scale")
+                sf = _UNIT_TO_MV.get(sunit.lower())
+                if sf is None:
+                    raise UnsupportedSignal(
+                        f"{FORMAT_LABEL}: lead {lead} scale unit {sunit!r} is not a voltage unit"
+                    )
+                of = _UNIT_TO_MV.get(ounit.lower(), sf) if ounit else sf
+                digits_el = child(value, "digits")
+                if digits_el is None or not (digits_el.text or "").strip():
+                    raise MalformedFile(f"{FORMAT_LABEL}: lead {lead} has no digits")
+                try:
+                    digits = np.array(digits_el.text.split(), dtype=np.float64)
+                    if not np.isfinite(digits).all():
+                        raise ValueError
+                except ValueError:
+                    bad = next(
+                        (t for t in digits_el.text.split() if not re.fullmatch(r"[-+]?\d+", t)), "?"
+                    )
+                    raise MalformedFile(
+                        f"{FORMAT_LABEL}: lead {lead} digits contain a non-number {bad[:20]!r}"
+                    ) from None
+                names.append(lead)
+                rows.append(origin * of + scale * sf * digits)
+                lsb.append(abs(scale * sf))
+        if fs is None:
+            if hints.sampling_rate:
+                fs = float(hints.sampling_rate)
+            else:
+                raise MalformedFile(
+                    f"{FORMAT_LABEL}: no TIME_ABSOLUTE/TIME_RELATIVE sequence with an increment "
+                    "(sampling rate unknown)"
+                )
+        if not rows:
+            raise MalformedFile(f"{FORMAT_LABEL}: sequenceSet has no MDC_ECG_LEAD_* sequences")
+        lengths = {len(r) for r in rows}
+        n = min(lengths)
+        if len(lengths) > 1:
+            warnings.append(
+                SignalWarning(
+                    "unequal_lead_lengths",
+                    f"leads have {sorted(lengths)} samples; all cut to {n}",
+                )
+            )
+        signals = np.vstack([r[:n] for r in rows])
+        metadata = {
+            "series_code": _code(chosen),
+            "lsb_mV": lsb,
+            "n_series": len(series),
+        }
+        return Recording(
+            signals=signals,
+            fs=fs,
+            lead_names=tuple(names),
+            source_format=self.name,
+            warnings=warnings,
+            metadata=metadata,
+        )
+
+
+READER = HL7AecgReader()

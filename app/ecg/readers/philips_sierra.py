@@ -1,0 +1,264 @@
+"""Philips Sierra ECG XML (root ``restingecgdata``, namespace http://www3.medical.philips.com).
+
+XLI decompression (LZW with 10-bit codes, per-lead chunks, second-difference delta coding)
+uses ``sierraecg.xli.xli_decode`` from the maintained ``sierraecg`` package (PyPI, MIT,
+sierra-ecg-tools). Its high-level ``read_file`` is not used: it applies the XLI lead
+reconstruction to uncompressed data too (and fails on read-only buffers), so the XML is
+read here with defusedxml and the lead reconstruction is done here, vectorised, for XLI
+data only (as in the reference C# implementation)::
+
+    III = II - I - III'            aVR = -aVR' - floor((I + II) / 2)
+    aVL = floor((I - III) / 2) - aVL'    aVF = floor((II + III) / 2) - aVF'
+
+(the C# reference truncates the halves toward zero, sierraecg floors them: they differ by at
+most 1 LSB on those four leads.)
+
+Read: dataacquisition/signalcharacteristics samplingrate, resolution (uV per LSB),
+acquisitiontype, numberchannelsallocated; waveforms/parsedwaveforms with dataencoding
+"Base64" (or "Plain" text), compressflag/compressmethod "XLI" or uncompressed int16 LE,
+durationperchannel (ms), leadlabels. Patient data are never copied into metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from pathlib import Path
+from xml.etree.ElementTree import Element
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.readers.hl7_aecg import child, local, parse_xml, root_name_from_head
+from app.ecg.recording import Recording
+from app.errors import MalformedFile, UnsupportedSignal
+
+FORMAT_LABEL = "Philips Sierra XML"
+_STD12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+
+
+def _text(el: Element | None) -> str:
+    return (el.text or "").strip() if el is not None else ""
+
+
+def _find(el: Element, name: str) -> Element | None:
+    for e in el.iter():
+        if local(e.tag) == name:
+            return e
+    return None
+
+
+def _num(el: Element | None, name: str) -> float | None:
+    raw = _text(el)
+    if not raw:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        raise MalformedFile(f"{FORMAT_LABEL}: {name} {raw!r} is not a number") from None
+    if not np.isfinite(v):
+        raise MalformedFile(f"{FORMAT_LABEL}: {name} is not finite")
+    return v
+
+
+def _xli_decode(data: bytes, n_leads: int) -> list[np.ndarray]:
+    try:
+        from sierraecg.xli import xli_decode
+    except ImportError:  # pragma: no cover - dependency declared in pyproject
+        raise UnsupportedSignal(
+            f"{FORMAT_LABEL}: XLI-compressed data needs the 'sierraecg' package, not installed"
+        ) from None
+
+    # walk the chunk headers first so a cut stream gets a clear message
+    offset, chunk = 0, 0
+    while offset < len(data):
+        if offset + 8 > len(data):
+            raise MalformedFile(f"{FORMAT_LABEL}: XLI data is truncated inside chunk header {chunk}")
+        size = int.from_bytes(data[offset:offset + 4], "little", signed=True)
+        if size <= 0 or offset + 8 + size > len(data):
+            raise MalformedFile(
+                f"{FORMAT_LABEL}: XLI data is truncated or corrupt: chunk {chunk} declares "
+                f"{size} bytes, {len(data) - offset - 8} remain"
+            )
+        offset += 8 + size
+        chunk += 1
+    try:
+        leads = xli_decode(data, [""] * n_leads)
+    except Exception as exc:  # corrupt chunk header, overflow in delta decoding, ...
+        raise MalformedFile(f"{FORMAT_LABEL}: XLI-compressed waveform cannot be decoded: {exc}") from None
+    return [np.asarray(x, dtype=np.int64) for x in leads]
+
+
+def _reconstruct_limb(leads: list[np.ndarray]) -> None:
+    """XLI stores III, aVR, aVL, aVF as residuals; rebuild them in place (int64, no overflow)."""
+    i, ii = leads[0], leads[1]
+    iii = ii - i - leads[2]
+    leads[2] = iii
+    leads[3] = -leads[3] - np.floor_divide(i + ii, 2)
+    leads[4] = np.floor_divide(i - iii, 2) - leads[4]
+    leads[5] = np.floor_divide(ii + iii, 2) - leads[5]
+
+
+class PhilipsSierraReader:
+    name = "philips_sierra"
+    title = "Philips Sierra ECG XML (PageWriter/TraceMaster)"
+    extensions = (".xml",)
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        return root_name_from_head(head) == "restingecgdata"
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
+        root = parse_xml(path, FORMAT_LABEL)
+        if local(root.tag) != "restingecgdata":
+            raise MalformedFile(
+                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'restingecgdata'"
+            )
+        acq = child(root, "dataacquisition")
+        sc = _find(acq, "signalcharacteristics") if acq is not None else None
+        if sc is None:
+            raise MalformedFile(f"{FORMAT_LABEL}: no dataacquisition/signalcharacteristics element")
+        fs = _num(child(sc, "samplingrate"), "samplingrate")
+        if fs is None:
+            if not hints.sampling_rate:
+                raise MalformedFile(f"{FORMAT_LABEL}: signalcharacteristics has no samplingrate")
+            fs = float(hints.sampling_rate)
+        if fs <= 0:
+            raise UnsupportedSignal(f"{FORMAT_LABEL}: samplingrate {fs} is not positive")
+        resolution_uv = _num(child(sc, "resolution"), "resolution")
+        if resolution_uv is None:
+            raise MalformedFile(f"{FORMAT_LABEL}: signalcharacteristics has no resolution (uV per LSB)")
+        acq_type = _text(child(sc, "acquisitiontype"))
+        allocated = _num(child(sc, "numberchannelsallocated"), "numberchannelsallocated")
+        valid = _num(child(sc, "numberchannelsvalid"), "numberchannelsvalid")
+
+        pw = _find(root, "parsedwaveforms")
+        if pw is None:
+            raise MalformedFile(f"{FORMAT_LABEL}: no waveforms/parsedwaveforms element")
+        labels_attr = (pw.get("leadlabels") or "").split()
+        n_leads_attr = pw.get("numberofleads")
+        try:
+            n_leads = int(n_leads_attr) if n_leads_attr else None
+        except ValueError:
+            raise MalformedFile(f"{FORMAT_LABEL}: numberofleads {n_leads_attr!r} is not a number") from None
+        if n_leads is None:
+            n_leads = int(allocated or valid or len(labels_attr) or 0)
+        if n_leads <= 0:
+            raise MalformedFile(f"{FORMAT_LABEL}: number of leads unknown or zero")
+        if labels_attr:
+            labels = labels_attr[:n_leads]
+        elif acq_type in ("STD-12", "10-WIRE") and n_leads <= 12:
+            labels = list(_STD12[:n_leads])
+        else:
+            labels = [f"Channel {k + 1}" for k in range(n_leads)]
+        if len(labels) < n_leads:
+            raise MalformedFile(
+                f"{FORMAT_LABEL}: leadlabels names {len(labels)} leads, numberofleads is {n_leads}"
+            )
+        duration_ms = _num_attr(pw, "durationperchannel")
+
+        encoding = (pw.get("dataencoding") or "").strip()
+        compress_method = (pw.get("compressmethod") or pw.get("compression") or "").strip()
+        compress_flag = (pw.get("compressflag") or "").strip().lower()
+        compressed = compress_flag in ("true", "1") or (
+            compress_flag == "" and compress_method.upper() == "XLI"
+        )
+        text = pw.text or ""
+        if not text.strip():
+            raise MalformedFile(f"{FORMAT_LABEL}: parsedwaveforms is empty (no waveform data)")
+
+        if encoding.lower() == "plain":
+            if compressed:
+                raise UnsupportedSignal(f"{FORMAT_LABEL}: compressed Plain-encoded data is not supported")
+            try:
+                flat = np.array(text.split(), dtype=np.int64)
+            except ValueError:
+                raise MalformedFile(f"{FORMAT_LABEL}: Plain waveform data holds a non-integer") from None
+            leads = _split(flat, n_leads, duration_ms, fs)
+        elif encoding.lower() == "base64":
+            try:
+                data = base64.b64decode(re.sub(r"\s+", "", text), validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise MalformedFile(f"{FORMAT_LABEL}: parsedwaveforms is not valid base64 ({exc})") from None
+            if compressed:
+                if compress_method.upper() != "XLI":
+                    raise UnsupportedSignal(
+                        f"{FORMAT_LABEL}: compression {compress_method!r} is not supported (only XLI)"
+                    )
+                leads = _xli_decode(data, n_leads)
+                if len(leads) < n_leads:
+                    raise MalformedFile(
+                        f"{FORMAT_LABEL}: XLI data holds {len(leads)} leads, expected {n_leads}"
+                    )
+                leads = leads[:n_leads]
+                if n_leads >= 6 and (
+                    acq_type in ("STD-12", "10-WIRE") or tuple(labels[:6]) == _STD12[:6]
+                ):
+                    _reconstruct_limb(leads)
+                if duration_ms:
+                    want = int(round(duration_ms * fs / 1000.0))
+                    short = min(x.size for x in leads)
+                    if short < want:
+                        raise MalformedFile(
+                            f"{FORMAT_LABEL}: XLI data is truncated: {short} samples per lead, "
+                            f"durationperchannel says {want}"
+                        )
+                    leads = [x[:want] for x in leads]
+            else:
+                if len(data) % 2:
+                    raise MalformedFile(f"{FORMAT_LABEL}: waveform byte count {len(data)} is odd")
+                leads = _split(np.frombuffer(data, dtype="<i2").astype(np.int64), n_leads, duration_ms, fs)
+        else:
+            raise UnsupportedSignal(f"{FORMAT_LABEL}: dataencoding {encoding!r} is not supported")
+
+        n = min(x.size for x in leads)
+        if n == 0:
+            raise MalformedFile(f"{FORMAT_LABEL}: waveform data holds no samples")
+        lsb_mv = resolution_uv * 1e-3
+        signals = np.vstack([x[:n] for x in leads]).astype(np.float64) * lsb_mv
+        metadata = {
+            "acquisition_type": acq_type,
+            "compression": "XLI" if compressed else "none",
+            "lsb_mV": [lsb_mv] * n_leads,
+        }
+        doc = child(root, "documentinfo")
+        if doc is not None:
+            metadata["document_version"] = _text(child(doc, "documentversion"))
+        return Recording(
+            signals=signals,
+            fs=fs,
+            lead_names=tuple(labels),
+            source_format=self.name,
+            warnings=[],
+            metadata=metadata,
+        )
+
+
+def _num_attr(el: Element, name: str) -> float | None:
+    raw = (el.get(name) or "").strip()
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise MalformedFile(f"{FORMAT_LABEL}: {name} {raw!r} is not a number") from None
+
+
+def _split(flat: np.ndarray, n_leads: int, duration_ms: float | None, fs: float) -> list[np.ndarray]:
+    """Uncompressed data: lead after lead, each ``duration * fs`` samples."""
+    if duration_ms:
+        per = int(round(duration_ms * fs / 1000.0))
+    else:
+        per = flat.size // n_leads
+    if per <= 0 or flat.size < per * n_leads:
+        raise MalformedFile(
+            f"{FORMAT_LABEL}: waveform data is truncated: {flat.size} samples, expected "
+            f"{n_leads} leads x {per}"
+        )
+    return [flat[k * per:(k + 1) * per] for k in range(n_leads)]
+
+
+READER = PhilipsSierraReader()

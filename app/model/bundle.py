@@ -1,0 +1,108 @@
+"""The model bundle: a directory with the ONNX graphs, the tokenizer and a manifest.
+
+```
+BUNDLE/
+  manifest.json            what was exported, from what, how well it matched PyTorch
+  ecg_tqn.onnx             ECG (B, 12, 1000) + label features (C, 768) -> probabilities (B, C), attention (B, C, 32)
+  ecg_encoder.onnx         ECG (B, 12, 1000) -> features (B, 32, 768)
+  text_encoder.onnx        token ids, mask (N, L) -> label features (N, 768)
+  tokenizer/tokenizer.json WordPiece, lower-casing forced, [CLS] .. [SEP], 256 tokens
+  tokenizer/vocab.txt
+  text_model/config.json   the BERT config the text encoder was built from
+```
+Bundles are built (``ecgfm-ked export`` / ``demo-bundle``), never committed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import BundleError
+
+MANIFEST = "manifest.json"
+ECG_TQN = "ecg_tqn.onnx"
+ECG_ENCODER = "ecg_encoder.onnx"
+TEXT_ENCODER = "text_encoder.onnx"
+TOKENIZER_JSON = "tokenizer/tokenizer.json"
+VOCAB = "tokenizer/vocab.txt"
+TEXT_CONFIG = "text_model/config.json"
+REQUIRED = (MANIFEST, ECG_TQN, ECG_ENCODER, TEXT_ENCODER, TOKENIZER_JSON)
+FORMAT_VERSION = 1
+
+PREPROCESSING_CONTRACT = {
+    "sampling_rate_hz": 100,
+    "window_samples": 1000,
+    "window_seconds": 10.0,
+    "lead_order": ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
+    "units": "mV",
+    "resampling": "scipy.signal.resample (FFT) of the whole record to round(n * 100 / fs) samples",
+    "nan": "set to 0",
+    "filtering": "none",
+    "normalisation": "none",
+    "feature_seconds": 10.0 / 32,
+}
+
+HOW_TO_GET_ONE = (
+    "Build a bundle with `ecgfm-ked fetch` then `ecgfm-ked export --checkpoint CKPT --text-model DIR --out DIR` "
+    "(real weights, Zenodo record 14881564), or `ecgfm-ked demo-bundle --out DIR` for an untrained demo bundle."
+)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    manifest: dict[str, Any]
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("model_version", "unknown"))
+
+    @property
+    def untrained(self) -> bool:
+        return bool(self.manifest.get("untrained", False))
+
+    @property
+    def text_encoder_id(self) -> str:
+        """Identity of the text path (graph + tokenizer): keys the embedding cache."""
+        return str(self.manifest["text_encoder_id"])
+
+
+def open_bundle(root: Path) -> Bundle:
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(f"model bundle {root} does not exist. {HOW_TO_GET_ONE}")
+    missing = [name for name in REQUIRED if not (root / name).is_file()]
+    if missing:
+        raise BundleError(f"model bundle {root} is incomplete, missing {missing}. {HOW_TO_GET_ONE}")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BundleError(f"cannot read {root / MANIFEST}: {exc}") from exc
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(
+            f"bundle {root} has format_version {manifest.get('format_version')!r}; this service reads {FORMAT_VERSION}"
+        )
+    if "text_encoder_id" not in manifest:
+        raise BundleError(f"bundle manifest {root / MANIFEST} has no text_encoder_id")
+    return Bundle(root=root, manifest=manifest)
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    tmp = root / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    tmp.replace(root / MANIFEST)

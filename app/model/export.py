@@ -1,0 +1,257 @@
+"""Export a checkpoint to a model bundle and measure ONNX-vs-PyTorch parity while doing it.
+
+Three graphs, each with dynamic batch (and label / token) axes, checked at several sizes
+after export because exporters have been seen to freeze an axis at its example size.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from app.errors import CheckpointError
+from app.model import bundle as B
+from app.model.checkpoint import Checkpoint, build_ecg_encoder, build_text_encoder, build_tqn, read_checkpoint
+from app.model.ecg_encoder import EcgEncoder
+from app.model.tokenizer import build_tokenizer, encode
+from app.model.tqn import TQN
+
+OPSET = 18
+PARITY_BATCHES = (1, 2, 16)
+PARITY_LABELS = (1, 5, 71)
+PARITY_TOLERANCE = 1e-4
+WINDOW = 1000
+LEADS = 12
+
+Log = Callable[[str], None]
+
+
+class EcgTqn(nn.Module):
+    def __init__(self, ecg: EcgEncoder, tqn: TQN) -> None:
+        super().__init__()
+        self.ecg = ecg
+        self.tqn = tqn
+
+    def forward(self, ecg: torch.Tensor, label_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tqn(self.ecg(ecg), label_features)
+
+
+class EcgFeatures(nn.Module):
+    """(B, 12, 1000) -> (B, 32, 768): one feature vector per ~0.31 s segment."""
+
+    def __init__(self, ecg: EcgEncoder) -> None:
+        super().__init__()
+        self.ecg = ecg
+
+    def forward(self, ecg: torch.Tensor) -> torch.Tensor:
+        return self.ecg(ecg).transpose(1, 2)
+
+
+@dataclass
+class ExportResult:
+    bundle_dir: Path
+    manifest: dict[str, Any]
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names: list[str], output_names: list[str],
+            dynamic_shapes: dict[str, dict[int, Any]]) -> None:
+    program = torch.onnx.export(
+        module,
+        args,
+        dynamo=True,
+        input_names=input_names,
+        output_names=output_names,
+        dynamic_shapes=dynamic_shapes,
+        opset_version=OPSET,
+        optimize=True,
+        verbose=False,
+    )
+    program.save(str(path))
+
+
+def synthetic_windows(n: int, seed: int = 0) -> np.ndarray:
+    """ECG-like random walks (mV) for parity checks when no real records are given."""
+    rng = np.random.default_rng(seed)
+    walk = rng.standard_normal((n, LEADS, WINDOW)).cumsum(-1) * 0.05
+    return (walk - walk.mean(-1, keepdims=True)).astype(np.float32)
+
+
+def default_parity_texts(n: int) -> list[str]:
+    base = ["sinus rhythm", "atrial fibrillation", "left bundle branch block", "inferior myocardial infarction",
+            "st segment depression in v4 to v6", "prolonged qt interval", "left ventricular hypertrophy"]
+    return [f"{base[i % len(base)]} {i}" if i >= len(base) else base[i] for i in range(n)]
+
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _tile(windows: np.ndarray, n: int) -> np.ndarray:
+    reps = int(np.ceil(n / len(windows)))
+    return np.concatenate([windows] * reps)[:n]
+
+
+def measure_parity(ecg_tqn: EcgTqn, ecg_feat: EcgFeatures, text: nn.Module, tokenizer, bundle_dir: Path,
+                   windows: np.ndarray, texts: Sequence[str], log: Log) -> dict[str, Any]:
+    """Max |ONNX - PyTorch| for every graph at every size in PARITY_BATCHES x PARITY_LABELS."""
+    enc = encode(tokenizer, list(texts))
+    with torch.no_grad():
+        feats = text(torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)).numpy()
+    s_text = _ort_session(bundle_dir / B.TEXT_ENCODER)
+    text_diffs = {}
+    for n in (1, 5, len(texts)):
+        sub = encode(tokenizer, list(texts[:n]))
+        (onnx_feats,) = s_text.run(None, {"input_ids": sub.input_ids, "attention_mask": sub.attention_mask})
+        with torch.no_grad():
+            ref = text(torch.from_numpy(sub.input_ids), torch.from_numpy(sub.attention_mask)).numpy()
+        text_diffs[str(n)] = float(np.abs(onnx_feats - ref).max())
+    s_tqn = _ort_session(bundle_dir / B.ECG_TQN)
+    s_feat = _ort_session(bundle_dir / B.ECG_ENCODER)
+    prob_diffs: dict[str, float] = {}
+    attn_diffs: dict[str, float] = {}
+    feat_diffs: dict[str, float] = {}
+    for b in PARITY_BATCHES:
+        x = _tile(windows, b)
+        with torch.no_grad():
+            ref_feat = ecg_feat(torch.from_numpy(x)).numpy()
+        (onnx_feat,) = s_feat.run(None, {"ecg": x})
+        feat_diffs[str(b)] = float(np.abs(onnx_feat - ref_feat).max())
+        for c in PARITY_LABELS:
+            lf = _tile(feats, c).astype(np.float32)
+            with torch.no_grad():
+                ref_p, ref_a = ecg_tqn(torch.from_numpy(x), torch.from_numpy(lf))
+            p, a = s_tqn.run(None, {"ecg": x, "label_features": lf})
+            if p.shape != (b, c) or a.shape[:2] != (b, c):
+                raise CheckpointError(f"exported graph returned shapes {p.shape}/{a.shape} for B={b}, C={c}")
+            prob_diffs[f"B{b}_C{c}"] = float(np.abs(p - ref_p.numpy()).max())
+            attn_diffs[f"B{b}_C{c}"] = float(np.abs(a - ref_a.numpy()).max())
+        log(f"parity B={b}: probabilities max|diff| {max(v for k, v in prob_diffs.items() if k.startswith(f'B{b}_')):.2e}")
+    worst = max(max(prob_diffs.values()), max(attn_diffs.values()))
+    return {
+        "tolerance": PARITY_TOLERANCE,
+        "batches": list(PARITY_BATCHES),
+        "label_counts": list(PARITY_LABELS),
+        "probabilities_max_abs_diff": prob_diffs,
+        "attention_max_abs_diff": attn_diffs,
+        "ecg_features_max_abs_diff": feat_diffs,
+        "text_features_max_abs_diff": text_diffs,
+        "worst": worst,
+        "passed": worst <= PARITY_TOLERANCE,
+        "inputs": "caller-supplied ECG windows" if windows is not None else "synthetic",
+    }
+
+
+def export_bundle(
+    checkpoint_path: Path,
+    text_model_dir: Path,
+    out_dir: Path,
+    *,
+    parity_windows: np.ndarray | None = None,
+    parity_texts: Sequence[str] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    log: Log = lambda _msg: None,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Checkpoint + text model dir -> bundle directory (written to a temp dir, moved at the end)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"output directory {out_dir} is not empty (use --overwrite to replace it)")
+    started = time.perf_counter()
+    log(f"reading {checkpoint_path}")
+    ckpt = read_checkpoint(checkpoint_path)
+    ecg, tqn, text = build_ecg_encoder(ckpt), build_tqn(ckpt), build_text_encoder(ckpt, text_model_dir)
+    tokenizer = build_tokenizer(Path(text_model_dir) / "vocab.txt")
+
+    work = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "tokenizer").mkdir(parents=True)
+    (work / "text_model").mkdir(parents=True)
+    tokenizer.save(str(work / B.TOKENIZER_JSON))
+    shutil.copyfile(Path(text_model_dir) / "vocab.txt", work / B.VOCAB)
+    shutil.copyfile(Path(text_model_dir) / "config.json", work / B.TEXT_CONFIG)
+
+    ecg_tqn, ecg_feat = EcgTqn(ecg, tqn).eval(), EcgFeatures(ecg).eval()
+    batch, labels, n_texts, length = (torch.export.Dim(n, min=1) for n in ("batch", "labels", "texts", "tokens"))
+    x2 = torch.from_numpy(synthetic_windows(2))
+    with torch.no_grad():
+        log("exporting ecg_tqn.onnx")
+        _export(ecg_tqn, (x2, torch.randn(5, tqn.spec.d_model)), work / B.ECG_TQN, ["ecg", "label_features"],
+                ["probabilities", "attention"], {"ecg": {0: batch}, "label_features": {0: labels}})
+        log("exporting ecg_encoder.onnx")
+        _export(ecg_feat, (x2,), work / B.ECG_ENCODER, ["ecg"], ["features"], {"ecg": {0: batch}})
+        log("exporting text_encoder.onnx")
+        sample = encode(tokenizer, ["sinus rhythm", "atrial fibrillation with rapid ventricular response"])
+        _export(text, (torch.from_numpy(sample.input_ids), torch.from_numpy(sample.attention_mask)),
+                work / B.TEXT_ENCODER, ["input_ids", "attention_mask"], ["label_features"],
+                {"input_ids": {0: n_texts, 1: length}, "attention_mask": {0: n_texts, 1: length}})
+
+    windows = parity_windows if parity_windows is not None else synthetic_windows(4)
+    texts = list(parity_texts) if parity_texts else default_parity_texts(max(PARITY_LABELS))
+    parity = measure_parity(ecg_tqn, ecg_feat, text, tokenizer, work, windows.astype(np.float32), texts, log)
+    parity["inputs"] = "caller-supplied ECG windows" if parity_windows is not None else "synthetic ECG-like windows"
+    if not parity["passed"]:
+        raise CheckpointError(f"exported graphs differ from PyTorch by {parity['worst']:.2e} > {PARITY_TOLERANCE}",
+                              details={"parity": parity})
+    manifest = _manifest(ckpt, work, parity, time.perf_counter() - started)
+    manifest.update(extra_manifest or {})
+    B.write_manifest(work, manifest)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    work.rename(out_dir)
+    log(f"bundle written to {out_dir}")
+    return ExportResult(out_dir, manifest)
+
+
+def _manifest(ckpt: Checkpoint, work: Path, parity: dict[str, Any], seconds: float) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import tokenizers
+    import transformers
+
+    graphs = {name: B.sha256_file(work / name) for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER)}
+    text_id = B.sha256_file(work / B.TEXT_ENCODER)[:16] + "-" + B.sha256_file(work / B.TOKENIZER_JSON)[:16]
+    return {
+        "format_version": B.FORMAT_VERSION,
+        "model_name": "ECGFM-KED",
+        "model_version": f"ecgfm-ked-{ckpt.sha256[:12]}",
+        "untrained": False,
+        "source_checkpoint": {"file": ckpt.path.name, "sha256": ckpt.sha256, "epoch": ckpt.epoch},
+        "config": _jsonable(ckpt.config),
+        "opset": OPSET,
+        "graphs": graphs,
+        "text_encoder_id": text_id,
+        "tokenizer": {"lowercase": True, "max_tokens": 256, "padding": "dynamic (longest in batch)"},
+        "preprocessing": B.PREPROCESSING_CONTRACT,
+        "parity": parity,
+        "tools": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "transformers": transformers.__version__,
+            "tokenizers": tokenizers.__version__,
+        },
+        "export_seconds": round(seconds, 1),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)

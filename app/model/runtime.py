@@ -1,0 +1,183 @@
+"""ONNX Runtime sessions over a bundle: the only object the service calls for inference.
+
+The CUDA execution provider is used when asked for (or on ``auto`` when the installed
+onnxruntime lists it) and the CPU provider otherwise. ONNX Runtime falls back to CPU
+silently when CUDA cannot load, so the provider actually in use is read back from
+``session.get_providers()`` after creation, reported in :class:`ModelInfo`, and an explicit
+``cuda`` request that did not get CUDA is an error rather than a quiet slowdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from app.errors import BundleError, InvalidInput
+from app.model import bundle as B
+from app.model.tokenizer import encode, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+ProviderChoice = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+TEXT_BATCH = 32
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    provider: ProviderChoice = "auto"
+    intra_op_threads: int = 0  # 0: ONNX Runtime decides (one per physical core)
+    inter_op_threads: int = 1
+    optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    provider: str
+    precision: str
+    untrained: bool
+    checkpoint_sha256: str | None
+    bundle: str
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "provider": self.provider,
+            "precision": self.precision,
+            "untrained": self.untrained,
+            "checkpoint_sha256": self.checkpoint_sha256,
+        }
+
+
+def _providers(choice: ProviderChoice) -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if choice == "cpu":
+        return [CPU]
+    if choice == "cuda" or (choice == "auto" and CUDA in available):
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class ModelRuntime:
+    """Sessions for the three graphs of a bundle; thread-safe ``run`` calls."""
+
+    def __init__(self, bundle: B.Bundle, options: RuntimeOptions = RuntimeOptions()) -> None:
+        import onnxruntime as ort
+
+        self.bundle = bundle
+        self.options = options
+        self.tokenizer = load_tokenizer(bundle.path(B.TOKENIZER_JSON))
+        requested = _providers(options.provider)
+        cache_dir = options.optimized_model_dir or (bundle.root / "optimized")
+        self._sessions: dict[str, ort.InferenceSession] = {}
+        for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER):
+            self._sessions[name] = self._session(bundle.path(name), requested, Path(cache_dir))
+        in_use = self._sessions[B.ECG_TQN].get_providers()[0]
+        if options.provider == "cuda" and in_use != CUDA:
+            raise BundleError(
+                "the CUDA execution provider was requested but ONNX Runtime is running on "
+                f"{in_use} (CUDA/cuDNN libraries could not be loaded; onnxruntime-gpu needs matching CUDA and cuDNN)"
+            )
+        if CUDA in requested and in_use != CUDA:
+            log.warning("CUDA execution provider unavailable at runtime; running on %s", in_use)
+        m = bundle.manifest
+        self.info = ModelInfo(
+            name=str(m.get("model_name", "ECGFM-KED")),
+            version=bundle.version,
+            provider=in_use,
+            precision=str(m.get("precision", "fp32")),
+            untrained=bundle.untrained,
+            checkpoint_sha256=(m.get("source_checkpoint") or {}).get("sha256"),
+            bundle=str(bundle.root),
+        )
+        self._lock = threading.Lock()  # tokenizer is not documented as thread-safe
+
+    def _session(self, path: Path, providers: list[str], cache_dir: Path):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = self.options.intra_op_threads
+        so.inter_op_num_threads = self.options.inter_op_threads
+        optimized = cache_dir / f"{path.stem}.{providers[0]}.ort.onnx"
+        source = path
+        if optimized.is_file() and optimized.stat().st_mtime >= path.stat().st_mtime:
+            # already optimised: skip the optimisation pass at start-up
+            source = optimized
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        elif os.access(cache_dir.parent, os.W_OK):
+            try:
+                cache_dir.mkdir(exist_ok=True)
+                so.optimized_model_filepath = str(optimized)
+            except OSError:
+                pass
+        try:
+            return ort.InferenceSession(str(source), so, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"cannot load {path.name} from {path.parent}: {exc}") from exc
+
+    # --- the three calls -------------------------------------------------------------------
+
+    @property
+    def text_encoder_id(self) -> str:
+        return self.bundle.text_encoder_id
+
+    def embed_texts(self, texts: list[str], *, batch_size: int = TEXT_BATCH, pad_to: int | None = None) -> np.ndarray:
+        """(N, 768) label features; texts are batched and padded to the longest in each batch.
+
+        Batches are formed from texts sorted by length so that short texts are not padded to
+        long ones; the result is returned in the input order.
+        """
+        if not texts:
+            return np.zeros((0, 768), dtype=np.float32)
+        with self._lock:
+            lengths = [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
+        order = np.argsort(lengths, kind="stable")
+        out: np.ndarray | None = None
+        session = self._sessions[B.TEXT_ENCODER]
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            with self._lock:
+                enc = encode(self.tokenizer, [texts[i] for i in idx], pad_to=pad_to)
+            (feats,) = session.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask})
+            if out is None:
+                out = np.empty((len(texts), feats.shape[1]), dtype=np.float32)
+            out[idx] = feats
+        assert out is not None
+        return out
+
+    def score(self, windows: np.ndarray, label_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32)."""
+        windows = self._check_windows(windows)
+        if label_vectors.ndim != 2 or len(label_vectors) == 0:
+            raise InvalidInput("at least one label is needed to score an ECG")
+        probs, attention = self._sessions[B.ECG_TQN].run(
+            None, {"ecg": windows, "label_features": np.ascontiguousarray(label_vectors, dtype=np.float32)}
+        )
+        return probs, attention
+
+    def encode_ecg(self, windows: np.ndarray) -> np.ndarray:
+        (features,) = self._sessions[B.ECG_ENCODER].run(None, {"ecg": self._check_windows(windows)})
+        return features
+
+    @staticmethod
+    def _check_windows(windows: np.ndarray) -> np.ndarray:
+        if windows.ndim != 3 or windows.shape[1:] != (12, 1000):
+            raise InvalidInput(f"model input must be (B, 12, 1000), got {tuple(windows.shape)}")
+        return np.ascontiguousarray(windows, dtype=np.float32)
+
+
+def load_runtime(bundle_dir: Path, options: RuntimeOptions = RuntimeOptions()) -> ModelRuntime:
+    return ModelRuntime(B.open_bundle(bundle_dir), options)

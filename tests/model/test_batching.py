@@ -1,0 +1,235 @@
+"""Tests for app.model.batching.DynamicBatcher with real asyncio loops and real threads.
+
+Nothing is mocked: ``fn`` is a plain function run in the batcher's worker thread (some
+use ``time.sleep`` to stand in for model time). Each test runs its own event loop via
+``asyncio.run`` and bounds every await with a timeout, so a hang fails instead of stalling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from app.errors import ModelNotReady
+from app.model.batching import BatchError, BatchStats, DynamicBatcher
+
+LIMIT = 10.0  # upper bound for any await in a test
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, LIMIT))
+
+
+class Recorder:
+    """A fn that records its calls (thread, key, items) and echoes item * 10."""
+
+    def __init__(self, delay: float = 0.0):
+        self.calls: list[tuple[object, list]] = []
+        self.threads: set[str] = set()
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, key, items):
+        with self.lock:
+            self.calls.append((key, list(items)))
+            self.threads.add(threading.current_thread().name)
+        if self.delay:
+            time.sleep(self.delay)
+        return [i * 10 for i in items]
+
+
+def test_concurrent_submits_are_combined_up_to_max_size():
+    fn = Recorder()
+    stats: list[BatchStats] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.2,
+                                  on_batch=stats.append) as b:
+            results = await asyncio.gather(*(b.submit("v1", i) for i in range(10)))
+            return results
+
+    results = run(main())
+    assert results == [i * 10 for i in range(10)]
+    assert [items for _, items in fn.calls] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(t.startswith("batcher-worker") for t in fn.threads)
+    assert threading.current_thread().name not in fn.threads
+    assert [(s.size, s.items, s.key, s.failed) for s in stats] == [
+        (4, 4, "v1", False), (4, 4, "v1", False), (2, 2, "v1", False)]
+    # the first two batches were full: cut at once, not after max_wait_s
+    assert stats[0].wait_s < 0.15
+
+
+def test_lone_submit_returns_after_about_max_wait():
+    fn = Recorder()
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_s=0.1) as b:
+            t0 = time.perf_counter()
+            r = await b.submit("k", 3)
+            return r, time.perf_counter() - t0
+
+    r, elapsed = run(main())
+    assert r == 30
+    assert 0.09 <= elapsed < 0.4, elapsed
+
+
+def test_different_keys_never_share_a_call():
+    fn = Recorder()
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=16, max_wait_s=0.05) as b:
+            keys = ["a", "b", "a", "c", "b", "a"]
+            return await asyncio.gather(*(b.submit(k, i) for i, k in enumerate(keys)))
+
+    assert run(main()) == [0, 10, 20, 30, 40, 50]
+    assert sorted(fn.calls) == [("a", [0, 2, 5]), ("b", [1, 4]), ("c", [3])]
+
+
+def test_exception_in_fn_reaches_every_caller_and_batcher_keeps_serving():
+    def fn(key, items):
+        if key == "bad":
+            raise ValueError("model exploded")
+        return [i + 1 for i in items]
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_s=0.05) as b:
+            bad = await asyncio.gather(*(b.submit("bad", i) for i in range(3)),
+                                       return_exceptions=True)
+            good = await asyncio.gather(*(b.submit("ok", i) for i in range(3)))
+            return bad, good
+
+    bad, good = run(main())
+    assert all(isinstance(e, ValueError) and str(e) == "model exploded" for e in bad), bad
+    assert good == [1, 2, 3]
+
+
+def test_wrong_result_count_fails_that_batch_with_clear_error():
+    def fn(key, items):
+        return [0] * (len(items) - 1) if key == "short" else list(items)
+
+    stats: list[BatchStats] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_s=0.05,
+                                  on_batch=stats.append) as b:
+            errs = await asyncio.gather(*(b.submit("short", i) for i in range(3)),
+                                        return_exceptions=True)
+            after = await b.submit("fine", 7)
+            return errs, after
+
+    errs, after = run(main())
+    assert all(isinstance(e, BatchError) for e in errs), errs
+    assert "returned 2 results for a batch of 3 items" in errs[0].message
+    assert after == 7
+    assert [s.failed for s in stats] == [True, False]
+
+
+def test_event_loop_stays_responsive_while_fn_runs():
+    fn = Recorder(delay=0.3)
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.0) as b:
+            lags: list[float] = []
+            job = asyncio.ensure_future(asyncio.gather(*(b.submit("k", i) for i in range(4))))
+            loop = asyncio.get_running_loop()
+            while not job.done():
+                t = loop.time()
+                await asyncio.sleep(0.01)
+                lags.append(loop.time() - t - 0.01)
+            return await job, lags
+
+    results, lags = run(main())
+    assert results == [0, 10, 20, 30]
+    assert len(lags) >= 15  # the ticker really ran during the 0.3 s call
+    assert max(lags) < 0.05, max(lags)
+
+
+def test_stop_leaves_no_pending_future_unresolved():
+    release = threading.Event()
+
+    def fn(key, items):
+        release.wait(5)
+        return list(items)
+
+    async def main():
+        b = DynamicBatcher(fn, max_batch_size=2, max_wait_s=0.0)
+        b.start()
+        futs = [asyncio.ensure_future(b.submit("k", i)) for i in range(6)]
+        await asyncio.sleep(0.05)  # first batch is stuck in fn, the rest queued
+        assert b.queue_depth == 4 and b.in_flight == 2
+        await b.stop(drain=False)
+        release.set()
+        done, not_done = await asyncio.wait(futs, timeout=1.0)
+        with pytest.raises(ModelNotReady):
+            await b.submit("k", 99)
+        return futs, not_done
+
+    futs, not_done = run(main())
+    assert not not_done
+    assert all(isinstance(f.exception(), ModelNotReady) for f in futs)
+
+
+def test_stop_with_drain_runs_what_is_queued():
+    fn = Recorder(delay=0.02)
+
+    async def main():
+        b = DynamicBatcher(fn, max_batch_size=2, max_wait_s=1.0)
+        b.start()
+        futs = [asyncio.ensure_future(b.submit("k", i)) for i in range(5)]
+        await asyncio.sleep(0)  # let the submits enqueue
+        t0 = time.perf_counter()
+        await b.stop()  # does not wait the 1 s max_wait: stopping cuts at once
+        return [f.result() for f in futs], time.perf_counter() - t0
+
+    results, elapsed = run(main())
+    assert results == [0, 10, 20, 30, 40]
+    assert elapsed < 0.8
+
+
+def test_weight_splits_and_heavy_item_runs_alone():
+    fn = Recorder()
+    stats: list[BatchStats] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.05,
+                                  on_batch=stats.append) as b:
+            # 3 then 2 would be 5 > 4: split; 9 > 4 runs alone; 1 + 1 fit together
+            subs = [("x", 1, 3), ("x", 2, 2), ("x", 3, 9), ("x", 4, 1), ("x", 5, 1)]
+            return await asyncio.gather(*(b.submit(k, i, weight=w) for k, i, w in subs))
+
+    assert run(main()) == [10, 20, 30, 40, 50]
+    assert [items for _, items in fn.calls] == [[1], [2], [3], [4, 5]]
+    assert [s.size for s in stats] == [3, 2, 9, 2]
+
+
+def test_cancelled_caller_is_skipped():
+    fn = Recorder()
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_s=0.1) as b:
+            doomed = asyncio.ensure_future(b.submit("k", 1))
+            keep = asyncio.ensure_future(b.submit("k", 2))
+            await asyncio.sleep(0.01)
+            doomed.cancel()
+            return await keep
+
+    assert run(main()) == 20
+    assert [items for _, items in fn.calls] == [[2]]
+
+
+def test_submit_before_start_and_bad_arguments():
+    async def main():
+        b = DynamicBatcher(Recorder(), max_batch_size=2, max_wait_s=0.01)
+        with pytest.raises(ModelNotReady, match="not running"):
+            await b.submit("k", 1)
+        b.start()
+        with pytest.raises(ValueError, match="weight"):
+            await b.submit("k", 1, weight=0)
+        await b.stop()
+
+    run(main())
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DynamicBatcher(Recorder(), max_batch_size=0, max_wait_s=0.1)
