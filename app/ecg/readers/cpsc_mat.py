@@ -1,0 +1,108 @@
+"""Raw CPSC 2018 MATLAB files: a MATLAB 5 struct ``ECG`` with fields sex, age, data (12 x N).
+
+The China Physiological Signal Challenge 2018 distributed its recordings as MATLAB 5
+``.mat`` files holding one struct ``ECG``; ``data`` is 12 x N, 500 Hz, leads in the order
+I, II, III, aVR, aVL, aVF, V1-V6, values in millivolts. (The CinC 2021 WFDB re-release of
+the same recordings stores them at 1000 ADC units per mV.) ``sex`` and ``age`` are patient
+data and are never copied into the recording's metadata.
+
+Only MATLAB 5 files (text header "MATLAB 5.0 MAT-file") holding a struct ``ECG`` are
+claimed, so the MATLAB v4 signal files of WFDB records (no text header, variable ``val``)
+stay with the WFDB reader. ``ReadHints.sampling_rate`` / ``units`` override the CPSC
+defaults for files written in the same layout at another rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.readers.csv_reader import hinted_mv_factor, hinted_rate
+from app.ecg.recording import Recording
+from app.errors import InvalidInput, MalformedFile
+
+STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+CPSC_FS = 500.0
+MAGIC = b"MATLAB 5.0 MAT-file"
+
+
+def _ecg_struct_listed(path: Path) -> bool:
+    import scipy.io
+
+    try:
+        entries = scipy.io.whosmat(str(path))
+    except Exception:
+        return False
+    return any(name == "ECG" and cls == "struct" for name, _shape, cls in entries)
+
+
+class CpscMatReader:
+    name = "cpsc2018_mat"
+    title = "CPSC 2018 MATLAB struct (ECG.data 12 x N, 500 Hz, mV)"
+    extensions = (".mat",)
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        if not head.startswith(MAGIC):
+            return False
+        return _ecg_struct_listed(Path(path))
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints) -> Recording:
+        import scipy.io
+
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(len(MAGIC))
+        except OSError as e:
+            raise MalformedFile(f"cannot read MATLAB file: {e}") from None
+        if head != MAGIC:
+            raise MalformedFile("not a MATLAB 5 file: the 'MATLAB 5.0 MAT-file' text header is missing")
+        try:
+            mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True, variable_names=["ECG"])
+        except Exception as e:  # scipy raises ValueError, TypeError, zlib errors ... on broken files
+            raise MalformedFile(f"cannot read MATLAB file: {type(e).__name__}: {e}") from None
+        ecg = mat.get("ECG")
+        if ecg is None:
+            raise MalformedFile("MATLAB file has no variable 'ECG' (expected the CPSC 2018 struct ECG)")
+        if not isinstance(ecg, np.ndarray) or ecg.dtype.names is None:
+            raise MalformedFile("MATLAB variable 'ECG' is not a struct")
+        if "data" not in ecg.dtype.names:
+            raise MalformedFile(f"MATLAB struct ECG has no field 'data' (fields: {', '.join(ecg.dtype.names)})")
+        if ecg.size != 1:
+            raise MalformedFile(f"MATLAB struct ECG is a {ecg.shape} array; expected a single struct")
+        data = ecg["data"].flat[0]
+        if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiu":
+            raise MalformedFile("ECG.data is not a numeric matrix")
+        if data.ndim != 2 or 12 not in data.shape:
+            raise MalformedFile(f"ECG.data has shape {data.shape}; expected 12 x N")
+        signals = data if data.shape[0] == 12 else data.T
+        if signals.shape[1] == 0:
+            raise MalformedFile("ECG.data holds no samples")
+
+        fs = hinted_rate(hints) or CPSC_FS
+        factor, unit = hinted_mv_factor(hints)
+        names = STANDARD_LEADS
+        if hints.lead_names is not None:
+            if len(hints.lead_names) != 12:
+                raise InvalidInput(f"{len(hints.lead_names)} lead names given; ECG.data has 12 leads")
+            names = tuple(hints.lead_names)
+        out = np.ascontiguousarray(signals, dtype=np.float64) * factor
+        return Recording(
+            signals=out,
+            fs=fs,
+            lead_names=names,
+            source_format=self.name,
+            warnings=[],
+            metadata={
+                "layout": "CPSC 2018 struct ECG",
+                "fs_source": "hint" if hints.sampling_rate is not None else "CPSC 2018 (500 Hz)",
+                "units": unit,
+            },
+        )
+
+
+READER = CpscMatReader()

@@ -1,0 +1,192 @@
+"""EDF / EDF+ (European Data Format), read with pyedflib.
+
+Each signal carries its own label, physical dimension (uV, mV, V, ...) and sample rate.
+Annotation signals ("EDF Annotations") are skipped. When some labels are recognisable ECG
+leads ("ECG I", "I", "EKG II", "V1"), those signals are the leads and the others (respiration,
+SpO2, ...) are ignored with a warning; otherwise every signal measured in volts is a lead.
+All leads must share one sample rate. A prefix such as "ECG " / "EKG " is dropped from
+the lead name; the header's patient and recording fields are never read into metadata.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from app.ecg.readers.base import ReadHints
+from app.ecg.readers.csv_reader import is_lead_name, mv_factor, strip_lead_prefix
+from app.ecg.recording import Recording, SignalWarning
+from app.errors import MalformedFile, UnsupportedSignal
+
+MAGIC = b"0       "
+
+
+def _int_field(raw: bytes) -> int | None:
+    try:
+        return int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _float_field(raw: bytes) -> float | None:
+    try:
+        return float(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+def _parse_main_header(head: bytes) -> tuple[int, int, float, int] | None:
+    """(header bytes, data records, record duration, n signals) if the fixed header is sane."""
+    if len(head) < 256 or head[:8] != MAGIC:
+        return None
+    if any(b < 32 or b > 126 for b in head[:256]):
+        return None
+    hdr_bytes = _int_field(head[184:192])
+    n_records = _int_field(head[236:244])
+    duration = _float_field(head[244:252])
+    ns = _int_field(head[252:256])
+    if hdr_bytes is None or n_records is None or duration is None or ns is None:
+        return None
+    if ns < 1 or hdr_bytes != 256 * (ns + 1) or n_records < -1 or duration < 0:
+        return None
+    return hdr_bytes, n_records, duration, ns
+
+
+class EdfReader:
+    name = "edf"
+    title = "EDF / EDF+ (European Data Format)"
+    extensions = (".edf", ".rec")
+
+    def claims(self, path: Path, head: bytes) -> bool:
+        return _parse_main_header(head) is not None
+
+    def companions(self, path: Path) -> list[Path]:
+        return []
+
+    def read(self, path: Path, hints: ReadHints) -> Recording:
+        reserved = self._check_size(Path(path))
+        import pyedflib  # imported here: the module is optional for every other format
+
+        try:
+            f = pyedflib.EdfReader(str(path))
+        except Exception as e:  # pyedflib raises OSError with edflib's reason
+            raise MalformedFile(f"cannot read EDF file: {e}") from None
+        try:
+            return self._read_open(f, discontinuous=reserved.startswith("EDF+D"))
+        except (MalformedFile, UnsupportedSignal):
+            raise
+        except Exception as e:
+            raise MalformedFile(f"cannot read EDF signals: {e}") from None
+        finally:
+            f.close()
+
+    @staticmethod
+    def _check_size(path: Path) -> str:
+        """Check the header against the file size; return the header's reserved field."""
+        try:
+            size = path.stat().st_size
+            with path.open("rb") as fh:
+                head = fh.read(256)
+                parsed = _parse_main_header(head)
+                if parsed is None:
+                    raise MalformedFile("not an EDF file: the 256-byte fixed header is missing or invalid")
+                hdr_bytes, n_records, _, ns = parsed
+                sig = fh.read(hdr_bytes - 256)
+        except OSError as e:
+            raise MalformedFile(f"cannot read EDF file: {e}") from None
+        if len(sig) < ns * 256:
+            raise MalformedFile(
+                f"EDF header is truncated: {ns} signal headers need {hdr_bytes} bytes, the file has {size}"
+            )
+        # samples per data record: ns fields of 8 bytes at offset 216 * ns in the signal header
+        off = ns * 216
+        per_record = [_int_field(sig[off + 8 * i : off + 8 * i + 8]) for i in range(ns)]
+        if any(n is None or n < 0 for n in per_record):
+            raise MalformedFile("EDF signal header has an invalid number of samples per data record")
+        if n_records >= 0:
+            expected = hdr_bytes + n_records * 2 * sum(per_record)  # type: ignore[arg-type]
+            if size < expected:
+                raise MalformedFile(
+                    f"EDF file is truncated: its header promises {n_records} data records "
+                    f"({expected} bytes), the file has {size} bytes"
+                )
+        return head[192:236].decode("ascii").strip()
+
+    def _read_open(self, f, *, discontinuous: bool) -> Recording:
+        n = f.signals_in_file
+        labels = [f.getLabel(i).strip() for i in range(n)]
+        dims = [f.getPhysicalDimension(i).strip() for i in range(n)]
+        rates = [float(f.getSampleFrequency(i)) for i in range(n)]
+        nsamp = [int(x) for x in f.getNSamples()]
+
+        usable = [i for i in range(n) if not labels[i].lower().startswith("edf annotations")]
+        if not usable:
+            raise MalformedFile("EDF file has no signals (only annotations)")
+        named = [i for i in usable if is_lead_name(labels[i])]
+        if named:
+            leads = named
+        else:
+            leads = [i for i in usable if mv_factor(dims[i]) is not None]
+            if not leads:
+                raise UnsupportedSignal(
+                    "EDF file has no ECG leads: no signal label is a lead name and none is in volts",
+                    details={"labels": labels, "dimensions": dims},
+                )
+        ignored = [labels[i] for i in usable if i not in leads]
+
+        lead_rates = {rates[i] for i in leads}
+        if len(lead_rates) > 1:
+            listing = ", ".join(f"{labels[i]} {rates[i]:g} Hz" for i in leads)
+            raise MalformedFile(
+                f"EDF lead signals have different sampling rates ({listing}); all leads must share one rate",
+                details={"rates": {labels[i]: rates[i] for i in leads}},
+            )
+        fs = lead_rates.pop()
+        if not fs > 0:
+            raise MalformedFile("EDF lead signals have a sampling rate of 0 Hz")
+
+        factors = []
+        for i in leads:
+            fac = mv_factor(dims[i])
+            if fac is None:
+                raise UnsupportedSignal(
+                    f"EDF signal {labels[i]!r} has physical dimension {dims[i]!r}; expected a voltage (uV, mV, V)",
+                    details={"label": labels[i], "dimension": dims[i]},
+                )
+            factors.append(fac)
+
+        length = min(nsamp[i] for i in leads)
+        if length == 0:
+            raise MalformedFile("EDF lead signals hold no samples")
+        signals = np.empty((len(leads), length), dtype=np.float64)
+        for row, (i, fac) in enumerate(zip(leads, factors)):
+            signals[row] = f.readSignal(i, 0, length, digital=False) * fac
+
+        names = tuple(strip_lead_prefix(labels[i]) for i in leads)
+        warnings: list[SignalWarning] = []
+        if ignored:
+            warnings.append(
+                SignalWarning("ignored_signals", f"EDF signals that are not ECG leads were ignored: {', '.join(ignored)}")
+            )
+        filetype = {0: "EDF", 1: "EDF+", 2: "BDF", 3: "BDF+"}.get(int(f.filetype), str(f.filetype))
+        if discontinuous:
+            warnings.append(
+                SignalWarning("discontinuous", "EDF+D file: data records were joined without their time gaps")
+            )
+        return Recording(
+            signals=signals,
+            fs=fs,
+            lead_names=names,
+            source_format=self.name,
+            warnings=warnings,
+            metadata={
+                "edf_type": filetype,
+                "labels": [labels[i] for i in leads],
+                "physical_dimensions": [dims[i] for i in leads],
+                "record_duration_s": float(f.datarecord_duration),
+            },
+        )
+
+
+READER = EdfReader()
