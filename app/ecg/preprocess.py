@@ -1,0 +1,239 @@
+"""Recording -> model windows, exactly as the model's pretraining data were prepared.
+
+Steps: pick the 12 standard leads by name (spelling variants mapped, other leads ignored),
+derive missing limb leads from I and II, set missing samples (NaN) to 0, resample the whole
+record to 100 Hz with ``scipy.signal.resample`` (FFT method), cut 10 s windows. No
+filtering, no normalisation; float32 millivolts.
+
+Windows start at 0, 10, 20 s ...; when a tail remains after the last full window, one
+final window ending exactly at the record's end is added (it overlaps the previous one).
+
+Quality warnings are computed on the 12 leads at the input rate, after NaN filling:
+
+* ``flat_lead``: peak-to-peak under 0.02 mV over the whole record.
+* ``clipped_lead``: more than 1 % of the lead's samples sit at its maximum (or at its
+  minimum), counting only samples inside runs of at least 3 consecutive samples at that
+  value that neither start at the first sample nor end at the last one. An ADC or
+  amplifier that saturates produces such plateaus; a real R peak touches its maximum for
+  one or two samples per beat, far below 1 %. Runs touching the record's ends are left out
+  because some recorders hold the last value (seen in PTB-XL records); that is not
+  saturation. Flat leads are not checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.signal import resample
+
+from app.ecg.leads import LIMB_LEADS_FROM_I_II, STANDARD_LEADS, canonical_lead, derive_limb_leads
+from app.ecg.recording import Recording, SignalWarning
+from app.ecg.units import check_sampling_rate
+from app.errors import InvalidInput, MissingLeads, SignalTooShort, UnsupportedSignal
+
+TARGET_FS = 100
+WINDOW_SAMPLES = 1000
+WINDOW_S = WINDOW_SAMPLES / TARGET_FS
+MIN_PAD_S = 2.0
+FLAT_PTP_MV = 0.02
+CLIP_FRACTION = 0.01
+CLIP_MIN_RUN = 3
+
+
+@dataclass
+class ModelInput:
+    windows: np.ndarray  # (N, 12, 1000) float32, mV, 100 Hz, STANDARD_LEADS order
+    window_starts_s: list[float]
+    derived_leads: list[str]
+    warnings: list[SignalWarning]
+    source_format: str
+    fs_in: float
+    duration_s: float
+    padded: bool
+    leads_read: list[str] = field(default_factory=list)  # standard leads taken from the record
+
+
+def _select_leads(rec: Recording) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Standard lead name -> samples (copies), and the source names that were ignored."""
+    picked: dict[str, np.ndarray] = {}
+    source_of: dict[str, str] = {}
+    ignored: list[str] = []
+    for name, row in zip(rec.lead_names, rec.signals, strict=True):
+        lead = canonical_lead(name)
+        if lead is None:
+            ignored.append(name)
+        elif lead in picked:
+            raise InvalidInput(
+                f"leads {source_of[lead]!r} and {name!r} are both lead {lead}",
+                details={"lead": lead},
+            )
+        else:
+            picked[lead] = np.array(row, dtype=np.float64)
+            source_of[lead] = name
+    return picked, ignored
+
+
+def _fill_nan(picked: dict[str, np.ndarray]) -> SignalWarning | None:
+    counts = {lead: int((~np.isfinite(x)).sum()) for lead, x in picked.items()}
+    affected = tuple(lead for lead in STANDARD_LEADS if counts.get(lead))
+    for lead in affected:
+        picked[lead][~np.isfinite(picked[lead])] = 0.0
+    if not affected:
+        return None
+    total = sum(counts.values())
+    return SignalWarning("nan_samples", f"{total} missing samples (NaN) were set to 0", affected)
+
+
+_DERIVE_HINT = "; III, aVR, aVL and aVF can be derived only when I and II are present"
+
+
+def _listed(code: str, text: str, leads: tuple[str, ...]) -> SignalWarning:
+    return SignalWarning(code, f"{text}: {', '.join(leads)}", leads)
+
+
+def _complete_leads(picked: dict[str, np.ndarray]) -> list[str]:
+    """Derive missing limb leads in place; MissingLeads if anything else is absent."""
+    missing = [lead for lead in STANDARD_LEADS if lead not in picked]
+    derivable = [lead for lead in missing if lead in LIMB_LEADS_FROM_I_II]
+    has_i_ii = "I" in picked and "II" in picked
+    still_missing = [lead for lead in missing if not (has_i_ii and lead in derivable)]
+    if still_missing:
+        hint = "" if has_i_ii or not derivable else _DERIVE_HINT
+        raise MissingLeads(
+            f"missing leads: {', '.join(still_missing)}{hint}", details={"missing": still_missing}
+        )
+    if derivable:
+        derived = derive_limb_leads(picked["I"], picked["II"])
+        picked.update({lead: derived[lead] for lead in derivable})
+    return derivable
+
+
+def _runs_at(mask: np.ndarray, min_run: int) -> int:
+    """True samples in runs of at least ``min_run`` that touch neither end of ``mask``."""
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    inner = (starts > 0) & (ends < mask.size)
+    lengths = (ends - starts)[inner]
+    return int(lengths[lengths >= min_run].sum())
+
+
+def _is_clipped(x: np.ndarray) -> bool:
+    tolerance = 1e-9 * float(np.ptp(x))
+    limit = CLIP_FRACTION * x.size
+    at_max = _runs_at(x >= x.max() - tolerance, CLIP_MIN_RUN)
+    at_min = _runs_at(x <= x.min() + tolerance, CLIP_MIN_RUN)
+    return at_max > limit or at_min > limit
+
+
+def _quality_warnings(signals: np.ndarray) -> list[SignalWarning]:
+    ptp = np.ptp(signals, axis=1)
+    flat = tuple(lead for lead, p in zip(STANDARD_LEADS, ptp) if p < FLAT_PTP_MV)
+    clipped = tuple(
+        lead
+        for lead, x, p in zip(STANDARD_LEADS, signals, ptp)
+        if p >= FLAT_PTP_MV and _is_clipped(x)
+    )
+    found = []
+    if flat:
+        found.append(_listed("flat_lead", f"peak-to-peak under {FLAT_PTP_MV} mV", flat))
+    if clipped:
+        found.append(_listed("clipped_lead", "signal looks clipped (saturated)", clipped))
+    return found
+
+
+def _resample(signals: np.ndarray, fs: float) -> np.ndarray:
+    n_out = round(signals.shape[1] * TARGET_FS / fs)
+    if fs == TARGET_FS:
+        return signals
+    if n_out < 1:
+        raise SignalTooShort(f"recording of {signals.shape[1]} samples is too short to resample")
+    # Lead by lead keeps peak memory at one lead's spectrum.
+    return np.stack([resample(row, n_out) for row in signals])
+
+
+def _pad(signals: np.ndarray, duration_s: float, pad: bool) -> np.ndarray:
+    if not pad:
+        raise SignalTooShort(
+            f"recording lasts {duration_s:.2f} s, shorter than one {WINDOW_S:g} s model window; "
+            f"pass pad=true to zero-pad recordings of at least {MIN_PAD_S:g} s",
+            details={"duration_s": round(duration_s, 3)},
+        )
+    if signals.shape[1] < MIN_PAD_S * TARGET_FS:
+        raise SignalTooShort(
+            f"recording lasts {duration_s:.2f} s; padding needs at least {MIN_PAD_S:g} s of signal",
+            details={"duration_s": round(duration_s, 3)},
+        )
+    return np.pad(signals, ((0, 0), (0, WINDOW_SAMPLES - signals.shape[1])))
+
+
+def _window_starts(n: int) -> list[int]:
+    starts = list(range(0, n - WINDOW_SAMPLES + 1, WINDOW_SAMPLES))
+    if starts[-1] + WINDOW_SAMPLES < n:
+        starts.append(n - WINDOW_SAMPLES)
+    return starts
+
+
+def _check_input(rec: Recording, max_duration_s: float) -> float:
+    fs = check_sampling_rate(rec.fs)
+    if rec.n_samples == 0:
+        raise InvalidInput("the recording has no samples")
+    if rec.duration_s > max_duration_s:
+        raise UnsupportedSignal(
+            f"recording lasts {rec.duration_s:.1f} s; at most {max_duration_s:g} s is accepted",
+            details={"duration_s": round(rec.duration_s, 3), "max_duration_s": max_duration_s},
+        )
+    return fs
+
+
+def _twelve_leads(rec: Recording) -> tuple[np.ndarray, list[str], list[str], list[SignalWarning]]:
+    """(12, n) signals in STANDARD_LEADS order, leads read, leads derived, warnings."""
+    warnings: list[SignalWarning] = []
+    picked, ignored = _select_leads(rec)
+    leads_read = [lead for lead in STANDARD_LEADS if lead in picked]
+    if ignored:
+        warnings.append(_listed("ignored_leads", "non-standard leads ignored", tuple(ignored)))
+    nan_warning = _fill_nan(picked)
+    warnings += [nan_warning] if nan_warning else []
+    derived = _complete_leads(picked)
+    if derived:
+        warnings.append(_listed("derived_leads", "derived from I and II", tuple(derived)))
+    signals = np.stack([picked[lead] for lead in STANDARD_LEADS])
+    return signals, leads_read, derived, warnings + _quality_warnings(signals)
+
+
+def _tail_warning(starts: list[int]) -> list[SignalWarning]:
+    if len(starts) < 2 or starts[-1] % WINDOW_SAMPLES == 0:
+        return []
+    text = (
+        f"last window starts at {starts[-1] / TARGET_FS:g} s so that it ends at the record's "
+        "end; it overlaps the previous window"
+    )
+    return [SignalWarning("tail_window", text)]
+
+
+def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600.0) -> ModelInput:
+    """Model windows (N, 12, 1000) float32 from a Recording; pure, no I/O."""
+    fs = _check_input(rec, max_duration_s)
+    signals, leads_read, derived, warnings = _twelve_leads(rec)
+    warnings = list(rec.warnings) + warnings
+    resampled = _resample(signals, fs)
+    padded = resampled.shape[1] < WINDOW_SAMPLES
+    if padded:
+        resampled = _pad(resampled, rec.duration_s, pad)
+        text = f"recording of {rec.duration_s:.2f} s zero-padded at the end to {WINDOW_S:g} s"
+        warnings.append(SignalWarning("padded", text))
+    starts = _window_starts(resampled.shape[1])
+    warnings += _tail_warning(starts)
+    windows = np.stack([resampled[:, s : s + WINDOW_SAMPLES] for s in starts])
+    return ModelInput(
+        windows=windows.astype(np.float32),
+        window_starts_s=[s / TARGET_FS for s in starts],
+        derived_leads=derived,
+        warnings=warnings,
+        source_format=rec.source_format,
+        fs_in=fs,
+        duration_s=rec.duration_s,
+        padded=padded,
+        leads_read=leads_read,
+    )

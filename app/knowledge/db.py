@@ -1,0 +1,198 @@
+"""Tables, engine construction and transactions for the knowledge store.
+
+One code path for SQLite (default, a file in the data directory) and PostgreSQL
+(``postgresql+psycopg://...``). Only portable SQLAlchemy constructs are used; the one
+dialect-specific piece, insert-or-ignore, is chosen in :func:`insert_ignore`.
+
+SQLite write transactions start with ``BEGIN IMMEDIATE`` so two processes writing the same
+file queue on the lock (up to the busy timeout) instead of failing when a reader upgrades.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.sql.dml import Insert
+
+SQLITE_BUSY_TIMEOUT_S = 30
+_IMMEDIATE = "knowledge_sqlite_immediate"
+
+metadata = MetaData()
+
+
+def _utc() -> DateTime:
+    return DateTime(timezone=True)
+
+
+labels = Table(
+    "labels",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("name_key", String(200), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("synonyms", JSON, nullable=False),
+    Column("codes", JSON, nullable=False),
+    Column("encode_text", String(16), nullable=False),
+    Column("builtin", Boolean, nullable=False, default=False),
+    Column("created_at", _utc(), nullable=False),
+    Column("updated_at", _utc(), nullable=False),
+)
+
+label_sets = Table(
+    "label_sets",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("name_key", String(200), nullable=False, unique=True),
+    Column("description", Text, nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("builtin", Boolean, nullable=False, default=False),
+    Column("created_at", _utc(), nullable=False),
+    Column("updated_at", _utc(), nullable=False),
+)
+
+label_set_members = Table(
+    "label_set_members",
+    metadata,
+    Column("set_id", Integer, ForeignKey("label_sets.id", ondelete="CASCADE"), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("label_id", Integer, ForeignKey("labels.id"), nullable=False, index=True),
+    UniqueConstraint("set_id", "label_id", name="uq_member_once"),
+)
+
+# Full content of a set at each version it has had. Keyed by name, not by set id, and
+# kept when a set is deleted, so a stored result can always be reproduced from its version.
+label_set_versions = Table(
+    "label_set_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("set_name_key", String(200), nullable=False),
+    Column("version", String(32), nullable=False),
+    Column("content", JSON, nullable=False),
+    Column("created_at", _utc(), nullable=False),
+    UniqueConstraint("set_name_key", "version", name="uq_set_version"),
+)
+
+text_embeddings = Table(
+    "text_embeddings",
+    metadata,
+    Column("encoder_id", String(200), primary_key=True),
+    Column("text_sha256", String(64), primary_key=True),
+    Column("text", Text, nullable=False),
+    Column("dim", Integer, nullable=False),
+    Column("vector", LargeBinary, nullable=False),  # float32, little-endian
+    Column("created_at", _utc(), nullable=False),
+)
+
+# Built-in labels and sets already offered once; a user's deletion of one is respected.
+builtin_seeds = Table(
+    "builtin_seeds",
+    metadata,
+    Column("kind", String(16), primary_key=True),  # "label" or "label_set"
+    Column("name_key", String(200), primary_key=True),
+    Column("seeded_at", _utc(), nullable=False),
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes; every value stored here is UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``: ``sqlite:///path`` or ``postgresql+psycopg://...``."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_engine(url: str) -> Engine:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+_SCHEMA_LOCK_ID = 0x4B4E4F57  # PostgreSQL advisory lock held while creating tables
+
+
+def create_schema(engine: Engine) -> None:
+    """Create any missing table; safe to run at every start and from several processes."""
+    with write_tx(engine) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
+        metadata.create_all(conn, checkfirst=True)
+
+
+@contextmanager
+def write_tx(engine: Engine) -> Iterator[Connection]:
+    """A write transaction: committed on success, rolled back on any exception."""
+    with engine.connect() as conn:
+        conn.execution_options(**{_IMMEDIATE: True})
+        with conn.begin():
+            yield conn
+
+
+@contextmanager
+def read_tx(engine: Engine) -> Iterator[Connection]:
+    """A read transaction: every query inside sees one consistent state."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+def insert_ignore(engine_or_conn: Engine | Connection, table: Table) -> Insert:
+    """``INSERT ... ON CONFLICT DO NOTHING`` for the dialect in use."""
+    dialect = engine_or_conn.dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    raise NotImplementedError(f"the knowledge store supports SQLite and PostgreSQL, not {dialect}")

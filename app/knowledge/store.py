@@ -1,0 +1,508 @@
+"""Labels and label sets in the database: create, read, update, delete, versions.
+
+Consistency bound (several service processes on one PostgreSQL, or on one SQLite file):
+nothing here is cached in the process. Every call opens its own transaction and reads the
+database, so a change is visible to every other process as soon as the writing call
+returns (its transaction has committed), and never before. Each write is one transaction:
+it happens completely or not at all. Writes that change a set's content lock the set's row
+(``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite), so concurrent
+edits of one set, or of labels in it, apply one after the other and every version gets its
+snapshot. Creating the same name from two processes at once: one wins, the other gets
+``Conflict`` (the unique index decides).
+
+A label set's ``version`` is the first 16 hex digits of the SHA-256 of the canonical JSON
+of its ordered members (name, text for the encoder, description, codes, synonyms,
+encode_text). It changes whenever a member is added, removed, reordered or edited, and
+is the same for the same content on any machine. Every version a set takes is stored as a
+snapshot (``get_label_set_version``), kept even after the set is deleted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Engine, Row, delete, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from app.errors import Conflict, NotFound
+from app.knowledge import db
+from app.knowledge.types import Label, LabelDraft, LabelSet, LabelSetDraft, name_key
+
+VERSION_HEX_CHARS = 16
+
+
+def label_set_version(labels: Sequence[Label]) -> str:
+    """Content hash of an ordered list of labels (see the module docstring)."""
+    members = [
+        {
+            "name": label.name,
+            "text_for_encoder": label.text_for_encoder,
+            "description": label.description,
+            "codes": label.codes,
+            "synonyms": list(label.synonyms),
+            "encode_text": label.encode_text,
+        }
+        for label in labels
+    ]
+    canonical = json.dumps(members, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:VERSION_HEX_CHARS]
+
+
+class KnowledgeStore:
+    """Labels and label sets over one SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # --- labels ------------------------------------------------------------------------
+
+    def list_labels(self) -> list[Label]:
+        with db.read_tx(self._engine) as conn:
+            rows = conn.execute(select(db.labels).order_by(db.labels.c.name_key)).all()
+        return [_to_label(row) for row in rows]
+
+    def get_label(self, label_id: int) -> Label:
+        with db.read_tx(self._engine) as conn:
+            return _to_label(_label_row(conn, label_id))
+
+    def get_label_by_name(self, name: str) -> Label:
+        with db.read_tx(self._engine) as conn:
+            row = _label_row_by_name(conn, name)
+        if row is None:
+            raise NotFound(f"no label named {name!r}", details={"label": name})
+        return _to_label(row)
+
+    def label_sets_of(self, label_id: int) -> list[str]:
+        """Names of the sets that contain the label."""
+        with db.read_tx(self._engine) as conn:
+            _label_row(conn, label_id)
+            return [row.name for row in _set_rows_containing(conn, label_id)]
+
+    def create_label(self, draft: LabelDraft, *, builtin: bool = False) -> Label:
+        draft = draft.validated()
+        with self._writing(f"a label named {draft.name!r} already exists") as conn:
+            existing = _label_row_by_name(conn, draft.name)
+            if existing is not None:
+                raise _label_exists(existing)
+            stamp = db.now()
+            values = _label_values(draft) | {"builtin": builtin, "created_at": stamp}
+            label_id = conn.execute(insert(db.labels).values(**values)).inserted_primary_key[0]
+            _add_to_sets(conn, label_id, draft.label_sets)
+            return _to_label(_label_row(conn, label_id))
+
+    def update_label(self, label_id: int, draft: LabelDraft) -> Label:
+        """Replace a label's content; every set containing it gets a new version."""
+        draft = draft.validated()
+        with self._writing(f"a label named {draft.name!r} already exists") as conn:
+            _label_row(conn, label_id)
+            sets = _lock_sets(conn, [row.id for row in _set_rows_containing(conn, label_id)])
+            clash = _label_row_by_name(conn, draft.name)
+            if clash is not None and clash.id != label_id:
+                raise _label_exists(clash)
+            conn.execute(
+                update(db.labels).where(db.labels.c.id == label_id).values(**_label_values(draft))
+            )
+            for set_id in sets:
+                _refresh_set(conn, set_id)
+            _add_to_sets(conn, label_id, draft.label_sets)
+            return _to_label(_label_row(conn, label_id))
+
+    def delete_label(self, label_id: int, *, force: bool = False) -> list[str]:
+        """Delete a label; returns the names of the sets it was removed from.
+
+        A label in any set is refused with ``Conflict`` naming the sets, unless ``force``,
+        which removes it from them (each gets a new version) and deletes nothing else.
+        """
+        retry = f"label {label_id} was added to a label set while being deleted; retry"
+        with self._writing(retry) as conn:
+            label = _to_label(_label_row(conn, label_id))
+            set_rows = _set_rows_containing(conn, label_id)
+            names = [row.name for row in set_rows]
+            if names and not force:
+                raise Conflict(
+                    f"label {label.name!r} belongs to label sets {names}; remove it from them "
+                    "first or delete with force",
+                    details={"label": label.name, "label_sets": names},
+                )
+            for set_id in _lock_sets(conn, [row.id for row in set_rows]):
+                kept = [m for m in _member_ids(conn, set_id) if m != label_id]
+                _write_members(conn, set_id, kept)
+            conn.execute(delete(db.labels).where(db.labels.c.id == label_id))
+            for row in set_rows:
+                _refresh_set(conn, row.id)
+            return names
+
+    # --- label sets --------------------------------------------------------------------
+
+    def list_label_sets(self) -> list[LabelSet]:
+        with db.read_tx(self._engine) as conn:
+            set_rows = conn.execute(select(db.label_sets).order_by(db.label_sets.c.name_key)).all()
+            members = _members_by_set(conn)
+        return [_to_label_set(row, members.get(row.id, [])) for row in set_rows]
+
+    def get_label_set(self, name: str) -> LabelSet:
+        with db.read_tx(self._engine) as conn:
+            row = _set_row(conn, name)
+            return _to_label_set(row, _members(conn, row.id))
+
+    def create_label_set(self, draft: LabelSetDraft, *, builtin: bool = False) -> LabelSet:
+        draft = draft.validated()
+        with self._writing(f"a label set named {draft.name!r} already exists") as conn:
+            existing = _set_row_by_name(conn, draft.name)
+            if existing is not None:
+                raise _set_exists(existing)
+            label_ids = _label_ids(conn, draft.label_names)
+            stamp = db.now()
+            set_id = conn.execute(
+                insert(db.label_sets).values(
+                    name=draft.name,
+                    name_key=name_key(draft.name),
+                    description=draft.description,
+                    version="",
+                    builtin=builtin,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            ).inserted_primary_key[0]
+            _write_members(conn, set_id, label_ids)
+            return _refresh_set(conn, set_id)
+
+    def update_label_set(self, name: str, draft: LabelSetDraft) -> LabelSet:
+        """Replace a set's name, description and ordered members."""
+        draft = draft.validated()
+        with self._writing(f"a label set named {draft.name!r} already exists") as conn:
+            row = _set_row(conn, name)
+            _lock_sets(conn, [row.id])
+            clash = _set_row_by_name(conn, draft.name)
+            if clash is not None and clash.id != row.id:
+                raise _set_exists(clash)
+            label_ids = _label_ids(conn, draft.label_names)
+            conn.execute(
+                update(db.label_sets)
+                .where(db.label_sets.c.id == row.id)
+                .values(
+                    name=draft.name,
+                    name_key=name_key(draft.name),
+                    description=draft.description,
+                    updated_at=db.now(),
+                )
+            )
+            _write_members(conn, row.id, label_ids)
+            return _refresh_set(conn, row.id)
+
+    def delete_label_set(self, name: str) -> None:
+        """Delete a set (its labels stay; its version snapshots stay)."""
+        with db.write_tx(self._engine) as conn:
+            row = _set_row(conn, name)
+            members = db.label_set_members
+            conn.execute(delete(members).where(members.c.set_id == row.id))
+            conn.execute(delete(db.label_sets).where(db.label_sets.c.id == row.id))
+
+    def get_label_set_version(self, name: str, version: str) -> LabelSet:
+        """The set exactly as it was at ``version`` (from its snapshot)."""
+        with db.read_tx(self._engine) as conn:
+            content = conn.execute(
+                select(db.label_set_versions.c.content).where(
+                    db.label_set_versions.c.set_name_key == name_key(name),
+                    db.label_set_versions.c.version == version,
+                )
+            ).scalar_one_or_none()
+        if content is None:
+            raise NotFound(
+                f"label set {name!r} has no version {version!r}",
+                details={"label_set": name, "version": version},
+            )
+        return _from_snapshot(content)
+
+    def list_label_set_versions(self, name: str) -> list[tuple[str, datetime]]:
+        """Every version the set (by this name) has had, oldest first."""
+        table = db.label_set_versions
+        with db.read_tx(self._engine) as conn:
+            rows = conn.execute(
+                select(table.c.version, table.c.created_at)
+                .where(table.c.set_name_key == name_key(name))
+                .order_by(table.c.id)
+            ).all()
+        if not rows:
+            raise NotFound(f"no label set named {name!r}", details={"label_set": name})
+        return [(row.version, db.as_utc(row.created_at)) for row in rows]
+
+    # --- built-in ledger (used by app.knowledge.builtin) -------------------------------
+
+    def seeded_builtins(self) -> set[tuple[str, str]]:
+        """(kind, name key) of every built-in label/set offered before."""
+        with db.read_tx(self._engine) as conn:
+            rows = conn.execute(select(db.builtin_seeds.c.kind, db.builtin_seeds.c.name_key)).all()
+        return {(row.kind, row.name_key) for row in rows}
+
+    def mark_seeded(self, kind: str, names: Sequence[str]) -> None:
+        if not names:
+            return
+        stamp = db.now()
+        rows = [{"kind": kind, "name_key": name_key(n), "seeded_at": stamp} for n in names]
+        with db.write_tx(self._engine) as conn:
+            conn.execute(db.insert_ignore(conn, db.builtin_seeds), rows)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    @contextmanager
+    def _writing(self, conflict_message: str) -> Iterator[Connection]:
+        """A write transaction whose unique-index violations surface as ``Conflict``."""
+        try:
+            with db.write_tx(self._engine) as conn:
+                yield conn
+        except IntegrityError as exc:
+            raise Conflict(conflict_message) from exc
+
+
+# --- rows -> values ---------------------------------------------------------------------
+
+
+def _to_label(row: Row[Any]) -> Label:
+    return Label(
+        id=row.id,
+        name=row.name,
+        description=row.description,
+        synonyms=tuple(row.synonyms),
+        codes=dict(row.codes),
+        encode_text=row.encode_text,
+        builtin=bool(row.builtin),
+        updated_at=db.as_utc(row.updated_at),
+    )
+
+
+def _to_label_set(row: Row[Any], members: list[Label]) -> LabelSet:
+    return LabelSet(
+        name=row.name,
+        description=row.description,
+        version=label_set_version(members),
+        labels=tuple(members),
+        builtin=bool(row.builtin),
+        updated_at=db.as_utc(row.updated_at),
+    )
+
+
+def _label_values(draft: LabelDraft) -> dict[str, Any]:
+    return {
+        "name": draft.name,
+        "name_key": name_key(draft.name),
+        "description": draft.description,
+        "synonyms": list(draft.synonyms),
+        "codes": dict(draft.codes),
+        "encode_text": draft.encode_text,
+        "updated_at": db.now(),
+    }
+
+
+def _snapshot(label_set: LabelSet) -> dict[str, Any]:
+    return {
+        "name": label_set.name,
+        "description": label_set.description,
+        "version": label_set.version,
+        "builtin": label_set.builtin,
+        "updated_at": label_set.updated_at.isoformat() if label_set.updated_at else None,
+        "labels": [
+            {
+                "id": label.id,
+                "name": label.name,
+                "description": label.description,
+                "synonyms": list(label.synonyms),
+                "codes": label.codes,
+                "encode_text": label.encode_text,
+                "builtin": label.builtin,
+                "updated_at": label.updated_at.isoformat(),
+            }
+            for label in label_set.labels
+        ],
+    }
+
+
+def _from_snapshot(content: dict[str, Any]) -> LabelSet:
+    labels = tuple(
+        Label(
+            id=item["id"],
+            name=item["name"],
+            description=item["description"],
+            synonyms=tuple(item["synonyms"]),
+            codes=dict(item["codes"]),
+            encode_text=item["encode_text"],
+            builtin=item["builtin"],
+            updated_at=datetime.fromisoformat(item["updated_at"]),
+        )
+        for item in content["labels"]
+    )
+    stamp = content.get("updated_at")
+    return LabelSet(
+        name=content["name"],
+        description=content["description"],
+        version=content["version"],
+        labels=labels,
+        builtin=content["builtin"],
+        updated_at=datetime.fromisoformat(stamp) if stamp else None,
+    )
+
+
+def _label_exists(row: Row[Any]) -> Conflict:
+    return Conflict(
+        f"a label named {row.name!r} already exists (names are case-insensitive)",
+        details={"label": row.name, "label_id": row.id},
+    )
+
+
+def _set_exists(row: Row[Any]) -> Conflict:
+    return Conflict(
+        f"a label set named {row.name!r} already exists (names are case-insensitive)",
+        details={"label_set": row.name},
+    )
+
+
+# --- queries inside a transaction -------------------------------------------------------
+
+
+def _label_row(conn: Connection, label_id: int) -> Row[Any]:
+    row = conn.execute(select(db.labels).where(db.labels.c.id == label_id)).first()
+    if row is None:
+        raise NotFound(f"no label with id {label_id}", details={"label_id": label_id})
+    return row
+
+
+def _label_row_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    return conn.execute(select(db.labels).where(db.labels.c.name_key == name_key(name))).first()
+
+
+def _label_ids(conn: Connection, names: Sequence[str]) -> list[int]:
+    keys = [name_key(n) for n in names]
+    rows = conn.execute(
+        select(db.labels.c.id, db.labels.c.name_key).where(db.labels.c.name_key.in_(keys))
+    ).all()
+    by_key = {row.name_key: row.id for row in rows}
+    missing = [n for n, k in zip(names, keys, strict=True) if k not in by_key]
+    if missing:
+        raise NotFound(f"no labels named {missing}", details={"labels": missing})
+    return [by_key[k] for k in keys]
+
+
+def _set_row_by_name(conn: Connection, name: str) -> Row[Any] | None:
+    table = db.label_sets
+    return conn.execute(select(table).where(table.c.name_key == name_key(name))).first()
+
+
+def _set_row(conn: Connection, name: str) -> Row[Any]:
+    row = _set_row_by_name(conn, name)
+    if row is None:
+        raise NotFound(f"no label set named {name!r}", details={"label_set": name})
+    return row
+
+
+def _set_rows_containing(conn: Connection, label_id: int) -> list[Row[Any]]:
+    members = db.label_set_members
+    return list(
+        conn.execute(
+            select(db.label_sets)
+            .join(members, members.c.set_id == db.label_sets.c.id)
+            .where(members.c.label_id == label_id)
+            .order_by(db.label_sets.c.name_key)
+        ).all()
+    )
+
+
+def _lock_sets(conn: Connection, set_ids: Sequence[int]) -> list[int]:
+    """Row-lock the sets (in id order, so two writers cannot deadlock); returns the ids."""
+    ordered = sorted(set(set_ids))
+    if ordered:
+        conn.execute(
+            select(db.label_sets.c.id)
+            .where(db.label_sets.c.id.in_(ordered))
+            .order_by(db.label_sets.c.id)
+            .with_for_update()
+        ).all()
+    return ordered
+
+
+def _member_ids(conn: Connection, set_id: int) -> list[int]:
+    members = db.label_set_members
+    return list(
+        conn.execute(
+            select(members.c.label_id)
+            .where(members.c.set_id == set_id)
+            .order_by(members.c.position)
+        ).scalars()
+    )
+
+
+def _members_query():  # type: ignore[no-untyped-def]
+    members = db.label_set_members
+    return (
+        select(members.c.set_id, db.labels)
+        .join(db.labels, db.labels.c.id == members.c.label_id)
+        .order_by(members.c.set_id, members.c.position)
+    )
+
+
+def _members(conn: Connection, set_id: int) -> list[Label]:
+    query = _members_query().where(db.label_set_members.c.set_id == set_id)
+    return [_to_label(row) for row in conn.execute(query).all()]
+
+
+def _members_by_set(conn: Connection) -> dict[int, list[Label]]:
+    grouped: dict[int, list[Label]] = {}
+    for row in conn.execute(_members_query()).all():
+        grouped.setdefault(row.set_id, []).append(_to_label(row))
+    return grouped
+
+
+# --- writes inside a transaction --------------------------------------------------------
+
+
+def _write_members(conn: Connection, set_id: int, label_ids: Sequence[int]) -> None:
+    members = db.label_set_members
+    conn.execute(delete(members).where(members.c.set_id == set_id))
+    if label_ids:
+        rows = [
+            {"set_id": set_id, "position": i, "label_id": label_id}
+            for i, label_id in enumerate(label_ids)
+        ]
+        conn.execute(insert(members), rows)
+
+
+def _add_to_sets(conn: Connection, label_id: int, set_names: Sequence[str]) -> None:
+    """Append the label to each named set it is not yet in."""
+    rows = [_set_row(conn, name) for name in set_names]
+    for set_id in _lock_sets(conn, [row.id for row in rows]):
+        current = _member_ids(conn, set_id)
+        if label_id not in current:
+            _write_members(conn, set_id, [*current, label_id])
+            _refresh_set(conn, set_id)
+
+
+def _refresh_set(conn: Connection, set_id: int) -> LabelSet:
+    """Recompute the set's version from its members; store it and its snapshot."""
+    table = db.label_sets
+    members = _members(conn, set_id)
+    version = label_set_version(members)
+    conn.execute(
+        update(table)
+        .where(table.c.id == set_id, table.c.version != version)
+        .values(version=version, updated_at=db.now())
+    )
+    row = conn.execute(select(table).where(table.c.id == set_id)).one()
+    label_set = _to_label_set(row, members)
+    conn.execute(
+        db.insert_ignore(conn, db.label_set_versions),
+        {
+            "set_name_key": row.name_key,
+            "version": version,
+            "content": _snapshot(label_set),
+            "created_at": db.now(),
+        },
+    )
+    return label_set
+
+
+__all__ = ["KnowledgeStore", "label_set_version"]

@@ -1,0 +1,179 @@
+"""Preprocessing to model windows on real records (and controlled edits of them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+from scipy.signal import resample
+
+from app.ecg.leads import STANDARD_LEADS
+from app.ecg.preprocess import ModelInput, preprocess
+from app.ecg.readers.wfdb_reader import READER
+from app.ecg.readers.base import ReadHints
+from app.ecg.recording import Recording
+from app.errors import InvalidInput, MissingLeads, SignalTooShort, UnsupportedSignal
+
+
+def _read(ecg_data_dir: Path, stem: str) -> Recording:
+    return READER.read(ecg_data_dir / f"{stem}.hea", ReadHints())
+
+
+def _subset(rec: Recording, keep: list[str], n: int | None = None) -> Recording:
+    rows = [rec.lead_names.index(name) for name in keep]
+    return Recording(rec.signals[rows, :n].copy(), rec.fs, tuple(keep), rec.source_format)
+
+
+def _codes(model_input: ModelInput) -> list[str]:
+    return [w.code for w in model_input.warnings]
+
+
+def test_ten_second_record_is_one_exact_window(ecg_data_dir: Path) -> None:
+    p_signal = wfdb.rdrecord(str(ecg_data_dir / "E07500")).p_signal  # (5000, 12), standard order
+    rec = _read(ecg_data_dir, "E07500")
+    shuffled = _subset(rec, list(reversed(rec.lead_names)))  # order must not matter
+    model_input = preprocess(shuffled)
+    assert model_input.windows.shape == (1, 12, 1000)
+    assert model_input.windows.dtype == np.float32
+    expected = resample(p_signal.T, 1000, axis=1).astype(np.float32)
+    np.testing.assert_allclose(model_input.windows[0], expected, rtol=0, atol=1e-6)
+    assert model_input.window_starts_s == [0.0]
+    assert model_input.derived_leads == [] and model_input.warnings == []
+    assert model_input.leads_read == list(STANDARD_LEADS)
+    assert (model_input.fs_in, model_input.duration_s, model_input.padded) == (500.0, 10.0, False)
+    assert model_input.source_format == "wfdb"
+
+
+def test_derived_limb_leads_match_formulas(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    kept = ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+    model_input = preprocess(_subset(rec, kept))
+    assert model_input.derived_leads == ["III", "aVR", "aVL", "aVF"]
+    assert model_input.leads_read == ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"]
+    derived_warning = [w for w in model_input.warnings if w.code == "derived_leads"]
+    assert derived_warning[0].leads == ("III", "aVR", "aVL", "aVF")
+    lead_i, lead_ii = rec.signals[0], rec.signals[1]
+    formulas = {
+        "III": lead_ii - lead_i,
+        "aVR": -(lead_i + lead_ii) / 2,
+        "aVL": lead_i - lead_ii / 2,
+        "aVF": lead_ii - lead_i / 2,
+    }
+    window = model_input.windows[0]
+    for lead, signal in formulas.items():
+        expected = resample(signal, 1000).astype(np.float32)
+        np.testing.assert_allclose(window[STANDARD_LEADS.index(lead)], expected, atol=1e-6)
+        # The recorded lead agrees with the derived one to within the 1 uV quantisation.
+        recorded = resample(rec.signals[STANDARD_LEADS.index(lead)], 1000)
+        assert np.abs(window[STANDARD_LEADS.index(lead)] - recorded).max() < 0.01
+
+
+@pytest.mark.parametrize(
+    ("drop", "missing"),
+    [(["V3"], ["V3"]), (["I", "III"], ["I", "III"]), (["II", "aVF", "V6"], ["II", "aVF", "V6"])],
+)
+def test_missing_leads_are_named(ecg_data_dir: Path, drop: list[str], missing: list[str]) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    with pytest.raises(MissingLeads) as info:
+        preprocess(_subset(rec, [n for n in rec.lead_names if n not in drop]))
+    assert info.value.details["missing"] == missing
+    assert ", ".join(missing) in info.value.message
+
+
+def test_long_record_windows_and_tail(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "S0001")  # 1000 Hz, 38.4 s
+    model_input = preprocess(rec)
+    assert model_input.window_starts_s == [0.0, 10.0, 20.0, 28.4]
+    full = resample(wfdb.rdrecord(str(ecg_data_dir / "S0001")).p_signal.T, 3840, axis=1).astype(np.float32)
+    np.testing.assert_allclose(model_input.windows[1], full[:, 1000:2000], atol=1e-5)
+    np.testing.assert_allclose(model_input.windows[-1], full[:, -1000:], atol=1e-5)
+    assert "tail_window" in _codes(model_input)
+
+
+def test_exact_multiple_has_no_tail(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "S0001")
+    model_input = preprocess(_subset(rec, list(rec.lead_names), n=30_000))
+    assert model_input.window_starts_s == [0.0, 10.0, 20.0]
+    assert "tail_window" not in _codes(model_input)
+
+
+def test_fifteen_second_500hz_record(ecg_data_dir: Path) -> None:
+    model_input = preprocess(_read(ecg_data_dir, "A0001"))
+    assert model_input.windows.shape == (2, 12, 1000)
+    assert model_input.window_starts_s == [0.0, 5.0]
+
+
+def test_short_record_needs_pad(ecg_data_dir: Path) -> None:
+    rec = _subset(_read(ecg_data_dir, "E07500"), list(STANDARD_LEADS), n=2500)  # 5 s
+    with pytest.raises(SignalTooShort) as info:
+        preprocess(rec)
+    assert "5.00 s" in info.value.message and "pad=true" in info.value.message
+    model_input = preprocess(rec, pad=True)
+    assert model_input.padded and "padded" in _codes(model_input)
+    expected = resample(rec.signals, 500, axis=1).astype(np.float32)
+    np.testing.assert_allclose(model_input.windows[0, :, :500], expected, atol=1e-6)
+    assert not model_input.windows[0, :, 500:].any()
+
+
+def test_pad_refuses_under_two_seconds(ecg_data_dir: Path) -> None:
+    rec = _subset(_read(ecg_data_dir, "E07500"), list(STANDARD_LEADS), n=900)  # 1.8 s
+    with pytest.raises(SignalTooShort, match="at least 2 s"):
+        preprocess(rec, pad=True)
+
+
+def test_too_long_is_refused(ecg_data_dir: Path) -> None:
+    with pytest.raises(UnsupportedSignal, match="38.4 s; at most 30 s"):
+        preprocess(_read(ecg_data_dir, "S0001"), max_duration_s=30)
+
+
+def test_nan_counted_and_zeroed_without_touching_input(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    rec.signals[1, 100:150] = np.nan
+    rec.signals[7, 0] = np.nan
+    model_input = preprocess(rec)
+    nan = [w for w in model_input.warnings if w.code == "nan_samples"][0]
+    assert nan.leads == ("II", "V2") and nan.message.startswith("51 missing")
+    assert np.isnan(rec.signals).sum() == 51  # the caller's recording is unchanged
+    filled = rec.signals.copy()
+    filled[np.isnan(filled)] = 0
+    np.testing.assert_allclose(model_input.windows[0], resample(filled, 1000, axis=1), atol=1e-5)
+
+
+def test_flat_and_clipped_warnings(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    assert preprocess(rec).warnings == []
+    rec.signals[7] = 0.3 + 0.005 * np.sin(np.arange(rec.n_samples))  # V2 ptp 0.01 mV
+    lead_ii = rec.signals[1]
+    ceiling = np.quantile(lead_ii, 0.97)  # saturate the top 3 % of lead II
+    rec.signals[1] = np.minimum(lead_ii, ceiling)
+    warnings = {w.code: w for w in preprocess(rec).warnings}
+    assert warnings["flat_lead"].leads == ("V2",)
+    assert warnings["clipped_lead"].leads == ("II",)
+
+
+def test_held_value_at_record_end_is_not_clipping(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    rec.signals[0, -100:] = rec.signals[0].max()  # recorder holds the last value
+    assert "clipped_lead" not in _codes(preprocess(rec))
+
+
+def test_ignored_and_duplicate_leads(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    extra = Recording(
+        np.vstack([rec.signals, rec.signals[:1]]), rec.fs, ("i", "II", "III", "AVR", "avl", "aVF",
+        "v1", "V2", "V3", "V4", "V5", "V6", "MLII"), "json",
+    )
+    model_input = preprocess(extra)
+    ignored = [w for w in model_input.warnings if w.code == "ignored_leads"][0]
+    assert ignored.leads == ("MLII",)
+    duplicate = Recording(extra.signals, rec.fs, extra.lead_names[:12] + ("Lead I",), "json")
+    with pytest.raises(InvalidInput, match="'i' and 'Lead I' are both lead I"):
+        preprocess(duplicate)
+
+
+def test_hundred_hz_input_is_not_resampled() -> None:
+    signals = np.random.default_rng(0).normal(size=(12, 1000))
+    model_input = preprocess(Recording(signals, 100.0, STANDARD_LEADS, "json"))
+    np.testing.assert_array_equal(model_input.windows[0], signals.astype(np.float32))
