@@ -1,0 +1,1 @@
+"""Operations tests: metrics module, Docker/compose files, Prometheus and Grafana."""
