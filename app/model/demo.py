@@ -171,3 +171,58 @@ def build_demo_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(checkpoint, path)
     return path
+
+
+UNTRAINED_NOTE = (
+    "UNTRAINED DEMO MODEL: randomly initialised weights in the published format. "
+    "Its outputs mean nothing clinically; use it only to try the API."
+)
+
+
+def build_demo_bundle(
+    out_dir: Path,
+    *,
+    corpus: Iterable[str] = (),
+    full_size_text: bool = False,
+    tqn_layers: int = 7,
+    seed: int = 0,
+    parity_windows=None,
+    log=lambda _msg: None,
+    overwrite: bool = False,
+) -> Path:
+    """Random checkpoint in the real format -> exported bundle marked ``untrained``.
+
+    The text encoder is a small BERT by default (fast to build); ``full_size_text`` uses the
+    Bio_ClinicalBERT configuration (110 M parameters) for realistic timings.
+    """
+    import tempfile
+
+    from app.model.export import export_bundle
+
+    bert = dict(BIO_CLINICAL_BERT_CONFIG if full_size_text else SMALL_BERT_CONFIG)
+    texts = list(corpus)
+    vocab = train_demo_vocab(texts, vocab_size=min(4000, bert["vocab_size"]))
+    with tempfile.TemporaryDirectory(prefix="ecgfm-demo-") as tmp:
+        text_dir = write_text_model_dir(Path(tmp) / "text_model", bert, vocab)
+        ckpt = build_demo_checkpoint(Path(tmp) / "demo_checkpoint.pt", text_dir, sizes=DemoSizes(tqn_layers=tqn_layers), seed=seed)
+        result = export_bundle(
+            ckpt,
+            text_dir,
+            out_dir,
+            parity_windows=parity_windows,
+            parity_texts=texts[:71] if len(texts) >= 71 else None,
+            log=log,
+            overwrite=overwrite,
+            extra_manifest={
+                "untrained": True,
+                "untrained_note": UNTRAINED_NOTE,
+                "model_version": f"demo-untrained-seed{seed}" + ("-fullsize" if full_size_text else ""),
+                "vocabulary": {
+                    "source": "WordPiece trained with the tokenizers library on the built-in label texts "
+                    "(Bio_ClinicalBERT's vocabulary is not available offline)",
+                    "tokens": len(vocab),
+                },
+                "text_model": "Bio_ClinicalBERT configuration" if full_size_text else "small BERT (2 layers, 64 wide)",
+            },
+        )
+    return result.bundle_dir

@@ -1,0 +1,77 @@
+"""The FastAPI application: lifespan (load model, open database, start the batcher),
+metrics middleware, error mapping and routers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from app import __version__
+from app.api import errors
+from app.api.routes import diagnose, health, labels
+from app.api.state import build_state
+from app.errors import ServiceError
+from app.ops import metrics
+from app.ops.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Zero-shot 12-lead ECG diagnosis with ECGFM-KED (Tian et al., Cell Reports Medicine 2024).
+
+**Intended use:** decision support for qualified clinicians, not a diagnosis. Probabilities are
+uncalibrated model outputs; this service has not measured their accuracy on your population.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        try:
+            state = await asyncio.to_thread(build_state, settings)
+        except ServiceError as exc:
+            # Stay up so /healthz and /readyz can say why; every model route answers 503.
+            log.error("service not ready: %s", exc.message)
+            app.state.startup_error = exc.message
+            metrics.set_ready(False)
+            yield
+            return
+        state.scorer.start()
+        app.state.service = state
+        app.state.cold_start_s = time.perf_counter() - started
+        metrics.set_ready(True)
+        log.info("ready in %.1f s: model %s on %s", app.state.cold_start_s, state.runtime.info.version,
+                 state.runtime.info.provider)
+        try:
+            yield
+        finally:
+            metrics.set_ready(False)
+            await state.scorer.stop()
+            state.engine.dispose()
+
+    app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.service = None
+    app.state.startup_error = None
+    errors.install(app)
+
+    @app.middleware("http")
+    async def record_request(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", None) or metrics.UNMATCHED_ENDPOINT
+        if endpoint != "/metrics":
+            metrics.record_http_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
+        return response
+
+    app.include_router(health.router)
+    app.include_router(diagnose.router)
+    app.include_router(labels.router)
+    return app

@@ -1,0 +1,93 @@
+"""Diagnosis labels and label sets (named panels). Sync routes: FastAPI runs them in its
+thread pool, so database calls and text embedding never block the event loop."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Query, Response, status
+
+from app.api.schemas import ErrorBody, LabelIn, LabelOut, LabelSetIn, LabelSetOut
+from app.api.state import ServiceState, StateDep
+from app.knowledge.types import Label
+from app.ops import metrics
+
+log = logging.getLogger(__name__)
+ERRORS = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+router = APIRouter(tags=["labels"], responses=ERRORS)
+
+
+def _embed(state: ServiceState, label: Label) -> bool:
+    """Compute (or find) the label's text vector now, so diagnose never waits for it."""
+    _vectors, stats = state.cache.vectors_for([label.text_for_encoder], state.embedder)
+    metrics.record_embedding_cache(hits=stats.hits, misses=stats.misses)
+    return True
+
+
+def _out(state: ServiceState, label: Label, *, embedded: bool = False) -> LabelOut:
+    return LabelOut.of(label, label_sets=state.store.label_sets_of(label.id), embedded=embedded)
+
+
+@router.get("/labels", response_model=list[LabelOut], summary="all registered labels")
+def list_labels(state: StateDep) -> list[LabelOut]:
+    sets: dict[int, list[str]] = {}
+    for s in state.store.list_label_sets():
+        for label in s.labels:
+            sets.setdefault(label.id, []).append(s.name)
+    return [LabelOut.of(l, label_sets=sets.get(l.id, [])) for l in state.store.list_labels()]
+
+
+@router.post("/labels", response_model=LabelOut, status_code=status.HTTP_201_CREATED,
+             summary="register a diagnosis; its text vector is computed once and cached")
+def create_label(body: LabelIn, state: StateDep) -> LabelOut:
+    label = state.store.create_label(body.draft())
+    log.info("label created id=%s", label.id)
+    return _out(state, label, embedded=_embed(state, label))
+
+
+@router.get("/labels/{label_id}", response_model=LabelOut)
+def get_label(label_id: int, state: StateDep) -> LabelOut:
+    return _out(state, state.store.get_label(label_id))
+
+
+@router.put("/labels/{label_id}", response_model=LabelOut, summary="replace a label (its sets get new versions)")
+def update_label(label_id: int, body: LabelIn, state: StateDep) -> LabelOut:
+    label = state.store.update_label(label_id, body.draft())
+    log.info("label updated id=%s", label.id)
+    return _out(state, label, embedded=_embed(state, label))
+
+
+@router.delete("/labels/{label_id}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="delete a label; refused (409) while it belongs to a set unless force=true")
+def delete_label(label_id: int, state: StateDep, force: bool = Query(False)) -> Response:
+    state.store.delete_label(label_id, force=force)
+    log.info("label deleted id=%s force=%s", label_id, force)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/label-sets", response_model=list[LabelSetOut], summary="all label sets with their versions")
+def list_label_sets(state: StateDep) -> list[LabelSetOut]:
+    return [LabelSetOut.of(s) for s in state.store.list_label_sets()]
+
+
+@router.post("/label-sets", response_model=LabelSetOut, status_code=status.HTTP_201_CREATED)
+def create_label_set(body: LabelSetIn, state: StateDep) -> LabelSetOut:
+    return LabelSetOut.of(state.store.create_label_set(body.draft()))
+
+
+@router.get("/label-sets/{name}", response_model=LabelSetOut)
+def get_label_set(name: str, state: StateDep, version: str | None = Query(None, description="an earlier version")) -> LabelSetOut:
+    s = state.store.get_label_set_version(name, version) if version else state.store.get_label_set(name)
+    return LabelSetOut.of(s)
+
+
+@router.put("/label-sets/{name}", response_model=LabelSetOut, summary="replace a set's members (new version)")
+def update_label_set(name: str, body: LabelSetIn, state: StateDep) -> LabelSetOut:
+    return LabelSetOut.of(state.store.update_label_set(name, body.draft()))
+
+
+@router.delete("/label-sets/{name}", status_code=status.HTTP_204_NO_CONTENT,
+               summary="delete a set (its labels and version snapshots stay)")
+def delete_label_set(name: str, state: StateDep) -> Response:
+    state.store.delete_label_set(name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,52 @@
+"""All configuration, read once from the environment (prefix ``ECGFM_``) and passed down.
+
+Every variable is listed in README.md ("Configuration"); command-line flags of
+``ecgfm-ked serve`` override them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ECGFM_", extra="ignore")
+
+    # model
+    bundle_dir: Path = Field(Path("model_store/bundle"), description="model bundle directory")
+    provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
+
+    # storage
+    data_dir: Path = Field(Path("data"), description="where the default SQLite database lives")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/ecgfm-ked.sqlite3")
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes")
+    default_label_set: str = Field("default", description="label set used when a request names none")
+
+    # batching
+    max_batch_size: int = Field(16, ge=1, description="most ECG windows in one inference call")
+    max_batch_wait_ms: float = Field(5.0, ge=0, description="longest a request waits for others to join its batch")
+
+    # input limits
+    max_upload_mb: float = Field(50.0, gt=0)
+    max_files: int = Field(64, ge=1)
+    max_archive_members: int = Field(256, ge=1)
+    max_unpacked_mb: float = Field(200.0, gt=0)
+    max_duration_s: float = Field(600.0, gt=0, description="longest record accepted")
+    max_request_mb: float = Field(100.0, gt=0, description="largest request body (Content-Length) accepted")
+    max_ecgs_per_request: int = Field(32, ge=1)
+    max_labels_per_request: int = Field(500, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ecgfm-ked.sqlite3').resolve()}"

@@ -1,0 +1,172 @@
+"""The diagnose use-case: recordings + a label set -> ranked diagnoses with knowledge and evidence.
+
+read (uploads -> Recordings) -> preprocess (windows) -> panel (label set + cached vectors)
+-> score (batched ONNX) -> explain (aggregate, rank, evidence). Shared by the API; no HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+from app.ecg.preprocess import ModelInput, preprocess
+from app.ecg.readers import discover
+from app.ecg.readers.base import ReadHints
+from app.ecg.recording import Recording
+from app.ecg.uploads import UploadLimits, unpacked_upload
+from app.errors import InvalidInput
+from app.knowledge.embedding_cache import LabelSetVectors
+from app.knowledge.store import KnowledgeStore, label_set_version
+from app.knowledge.types import Label
+from app.model.runtime import ModelInfo
+from app.ops import metrics
+from app.usecases.explain import (
+    INTENDED_USE,
+    Aggregation,
+    Panel,
+    PanelLabel,
+    RankOptions,
+    describe_source,
+    rank_diagnoses,
+    warnings_json,
+)
+from app.usecases.scoring import RuntimeEmbedder, Scorer
+
+ADHOC_SET = "adhoc"
+
+
+@dataclass(frozen=True)
+class EcgSource:
+    recording: Recording
+    filename: str | None = None
+    ref: str | None = None  # the caller's own reference, echoed back
+
+
+@dataclass(frozen=True)
+class DiagnoseOptions:
+    label_set: str | None = None
+    labels: tuple[str, ...] = ()
+    top_k: int = 5
+    threshold: float = 0.0
+    pad: bool = False
+    aggregation: Aggregation = "max"
+    include_windows: bool = False
+    evidence_spans: int = 3
+
+
+@dataclass
+class Timings:
+    started: float = field(default_factory=time.perf_counter)
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
+    def as_ms(self) -> dict[str, float]:
+        out = {k: round(v * 1000, 2) for k, v in self.stages.items()}
+        out["total"] = round((time.perf_counter() - self.started) * 1000, 2)
+        return out
+
+
+def read_uploaded_ecgs(files: Iterable[tuple[str, BinaryIO | bytes]], limits: UploadLimits, hints: ReadHints) -> list[EcgSource]:
+    """Unpack uploads in a private temp dir (always removed) and read every record found."""
+    with unpacked_upload(files, limits) as directory:
+        found = discover(directory)
+        return [EcgSource(reader.read(path, hints), filename=path.name) for reader, path in found]
+
+
+def panel_labels(labels: Iterable[Label]) -> tuple[PanelLabel, ...]:
+    return tuple(PanelLabel(name=l.name, knowledge=l.description, codes=dict(l.codes), label_id=l.id) for l in labels)
+
+
+class DiagnoseService:
+    def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
+                 model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float) -> None:
+        self.store = store
+        self.vectors = vectors
+        self.embedder = embedder
+        self.scorer = scorer
+        self.model_info = model_info
+        self.default_label_set = default_label_set
+        self.max_labels = max_labels
+        self.max_duration_s = max_duration_s
+
+    # --- panel -------------------------------------------------------------------------------
+
+    def resolve_panel(self, options: DiagnoseOptions) -> Panel:
+        """The label set named (or the explicit labels, in order) with their cached vectors."""
+        if options.labels and options.label_set:
+            raise InvalidInput("give either a label set or explicit labels, not both")
+        if options.labels:
+            labels = [self.store.get_label_by_name(n) for n in options.labels]
+            if len({l.id for l in labels}) != len(labels):
+                raise InvalidInput("explicit labels list the same label more than once")
+            name, version = ADHOC_SET, label_set_version(labels)
+            from app.knowledge.types import LabelSet
+
+            label_set = LabelSet(name=name, description="", version=version, labels=tuple(labels))
+        else:
+            label_set = self.store.get_label_set(options.label_set or self.default_label_set)
+        if len(label_set.labels) > self.max_labels:
+            raise InvalidInput(f"{len(label_set.labels)} labels requested; the limit is {self.max_labels}")
+        vectors, stats = self.vectors.vectors_for_label_set(label_set, self.embedder)
+        metrics.record_embedding_cache(hits=stats.hits, misses=stats.misses)
+        return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
+
+    # --- the whole flow --------------------------------------------------------------------
+
+    async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings) -> dict[str, Any]:
+        t = time.perf_counter()
+        panel = await asyncio.to_thread(self.resolve_panel, options)
+        timings.add("embed", time.perf_counter() - t)
+
+        t = time.perf_counter()
+        inputs: list[ModelInput] = await asyncio.to_thread(
+            lambda: [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s) for s in sources]
+        )
+        timings.add("preprocess", time.perf_counter() - t)
+        metrics.observe_stage("preprocess", time.perf_counter() - t)
+
+        key = f"{self.embedder.identity}:{panel.version}"
+        scored = await asyncio.gather(*(self.scorer.score(key, mi.windows, panel.vectors) for mi in inputs))
+        queue = max(s.queue_s for s in scored)
+        inference = max(s.inference_s for s in scored)
+        timings.add("queue", queue)
+        timings.add("inference", inference)
+        metrics.observe_stage("queue", queue)
+        metrics.observe_stage("inference", inference)
+
+        rank = RankOptions(top_k=options.top_k, threshold=options.threshold, aggregation=options.aggregation,
+                           include_windows=options.include_windows, evidence_spans=options.evidence_spans)
+        results = []
+        for i, (source, mi, sc) in enumerate(zip(sources, inputs, scored, strict=True)):
+            results.append({
+                "ecg_index": i,
+                "id": source.ref,
+                "source": describe_source(mi, source.filename),
+                "diagnoses": rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank),
+                "warnings": warnings_json(mi),
+            })
+            metrics.record_ecgs(mi.source_format)
+        metrics.observe_request_ecgs(len(sources))
+        metrics.observe_label_count(len(panel.labels))
+        response_warnings = []
+        if self.model_info.untrained:
+            response_warnings.append({
+                "code": "untrained_model",
+                "message": "This response comes from an UNTRAINED demo model (random weights): its outputs mean nothing.",
+                "leads": [],
+            })
+        return {
+            "request_id": str(uuid.uuid4()),
+            "model": self.model_info.as_dict(),
+            "label_set": {"name": panel.name, "version": panel.version},
+            "intended_use": INTENDED_USE,
+            "results": results,
+            "warnings": response_warnings,
+            "timings_ms": timings.as_ms(),
+        }

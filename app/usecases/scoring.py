@@ -1,0 +1,84 @@
+"""Inference for concurrent requests: one dynamic batcher in front of the ONNX runtime.
+
+Requests that share a panel (same label-set version, hence the same label vectors) are
+scored in one ``ModelRuntime.score`` call; the call runs in a worker thread so the event
+loop (health checks, metrics) stays responsive while the model is busy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.model.batching import BatchStats, DynamicBatcher
+from app.model.runtime import ModelRuntime
+from app.ops import metrics
+
+
+class RuntimeEmbedder:
+    """The knowledge layer's ``TextEmbedder`` over the bundle's ONNX text encoder."""
+
+    def __init__(self, runtime: ModelRuntime) -> None:
+        self._runtime = runtime
+        self.identity = runtime.text_encoder_id
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        return self._runtime.embed_texts(texts)
+
+
+@dataclass(frozen=True)
+class ScoreJob:
+    windows: np.ndarray  # (N, 12, 1000)
+    vectors: np.ndarray  # (C, D), identical for every job of one batch key
+
+
+@dataclass(frozen=True)
+class Scored:
+    probabilities: np.ndarray  # (N, C)
+    attention: np.ndarray  # (N, C, 32)
+    queue_s: float
+    inference_s: float
+
+
+class Scorer:
+    def __init__(self, runtime: ModelRuntime, *, max_batch_size: int, max_wait_s: float) -> None:
+        self.runtime = runtime
+        self._batcher: DynamicBatcher[ScoreJob, tuple[np.ndarray, np.ndarray, float]] = DynamicBatcher(
+            self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, on_batch=self._on_batch, name="scorer"
+        )
+
+    def start(self) -> None:
+        self._batcher.start()
+
+    async def stop(self) -> None:
+        await self._batcher.stop()
+
+    @property
+    def queue_depth(self) -> int:
+        return self._batcher.queue_depth
+
+    def _run(self, _key: str, jobs: list[ScoreJob]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        started = time.perf_counter()
+        windows = jobs[0].windows if len(jobs) == 1 else np.concatenate([j.windows for j in jobs])
+        probs, attention = self.runtime.score(windows, jobs[0].vectors)
+        elapsed = time.perf_counter() - started
+        out, offset = [], 0
+        for job in jobs:
+            n = len(job.windows)
+            out.append((probs[offset : offset + n], attention[offset : offset + n], elapsed))
+            offset += n
+        return out
+
+    @staticmethod
+    def _on_batch(stats: BatchStats) -> None:
+        metrics.observe_inference_batch(stats.size)
+
+    async def score(self, panel_key: str, windows: np.ndarray, vectors: np.ndarray) -> Scored:
+        submitted = time.perf_counter()
+        metrics.set_queue_depth(self._batcher.queue_depth + 1)
+        probs, attention, run_s = await self._batcher.submit(panel_key, ScoreJob(windows, vectors), weight=len(windows))
+        metrics.set_queue_depth(self._batcher.queue_depth)
+        total = time.perf_counter() - submitted
+        return Scored(probs, attention, queue_s=max(total - run_s, 0.0), inference_s=run_s)
