@@ -28,6 +28,8 @@ import json
 import uuid
 from typing import Any
 
+from app.knowledge.types import CODE_SEPARATOR
+
 FHIR_VERSION = "4.0.1"
 SNOMED = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -129,7 +131,8 @@ def _codeable(label: str, codes: dict[str, Any] | None) -> dict[str, Any]:
         code = _s(code)
         if system is None or code is None:
             continue
-        for one in code.replace(";", ",").split(","):  # "164889003,195080001" -> two codings
+        # merged classes carry several codes: "713427006|59118001" -> two codings
+        for one in code.replace(";", ",").replace(CODE_SEPARATOR, ",").split(","):
             if one.strip():
                 codings.append({"system": system, "code": one.strip(), "display": label})
     concept: dict[str, Any] = {"text": label}
