@@ -31,11 +31,18 @@ def _normalise(unit: str) -> str:
     return text.replace("\u00b5", "u").replace("\u03bc", "u")
 
 
+def mv_factor(unit: str | None) -> float | None:
+    """Factor that converts samples in ``unit`` to millivolts, or None if it is no voltage unit."""
+    if not isinstance(unit, str):
+        return None
+    return _MV_PER_UNIT.get(_normalise(unit))
+
+
 def to_millivolts_factor(unit: str) -> float:
     """Factor that converts samples in ``unit`` to millivolts (mV, uV/µV, V, nV)."""
     if not isinstance(unit, str) or not unit.strip():
         raise UnsupportedSignal("no signal unit given; expected one of mV, uV, V, nV")
-    factor = _MV_PER_UNIT.get(_normalise(unit))
+    factor = mv_factor(unit)
     if factor is None:
         raise UnsupportedSignal(
             f"unsupported signal unit {unit!r}; expected one of mV, uV, V, nV",

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from app.ecg.readers._common import hinted_lead_names, hinted_mv_factor, hinted_rate
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.csv_reader import hinted_mv_factor, hinted_rate
 from app.ecg.recording import Recording
-from app.errors import InvalidInput, MalformedFile
+from app.errors import MalformedFile
 
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 CPSC_FS = 500.0
 MAGIC = b"MATLAB 5.0 MAT-file"
 
@@ -85,18 +84,11 @@ class CpscMatReader:
 
         fs = hinted_rate(hints) or CPSC_FS
         factor, unit = hinted_mv_factor(hints)
-        names = STANDARD_LEADS
-        if hints.lead_names is not None:
-            if len(hints.lead_names) != 12:
-                raise InvalidInput(f"{len(hints.lead_names)} lead names given; ECG.data has 12 leads")
-            names = tuple(hints.lead_names)
+        names = hinted_lead_names(hints, "ECG.data")
         out = np.ascontiguousarray(signals, dtype=np.float64) * factor
         return Recording(
-            signals=out,
-            fs=fs,
-            lead_names=names,
-            source_format=self.name,
-            warnings=[],
+            signals=out, fs=fs, lead_names=names,
+            source_format=self.name, warnings=[],
             metadata={
                 "layout": "CPSC 2018 struct ECG",
                 "fs_source": "hint" if hints.sampling_rate is not None else "CPSC 2018 (500 Hz)",

@@ -7,9 +7,6 @@ column header (``I (uV)``, ``V1 [mV]``), else from ``ReadHints.units``, else mil
 
 Comma, semicolon and tab delimiters are sniffed from the header line; a semicolon file
 whose numbers use a decimal comma (``0,125;-0,03``) is read as such.
-
-This module also holds two small helpers the EDF and NPY readers share:
-``is_lead_name`` and ``mv_factor``.
 """
 
 from __future__ import annotations
@@ -21,95 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from app.ecg.leads import is_lead_name, strip_lead_prefix
+from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
 from app.ecg.readers.base import ReadHints
-from app.ecg.recording import Recording, SignalWarning
+from app.ecg.recording import Recording
+from app.ecg.units import mv_factor
 from app.errors import InvalidInput, MalformedFile
-
-# --- helpers shared with the other tabular readers -------------------------------------
-
-_LEAD_RE = re.compile(
-    r"^-?(?:i|ii|iii|avr|avl|avf|v[1-9]|v[3-9]r|vx|vy|vz|mlii)$",
-    re.IGNORECASE,
-)
-_LEAD_PREFIX_RE = re.compile(r"^(?:ecg|ekg|lead)[\s_:\-]*", re.IGNORECASE)
-
-_UNIT_TO_MV = {
-    "nv": 1e-6,
-    "nanovolt": 1e-6,
-    "uv": 1e-3,
-    "microvolt": 1e-3,
-    "mv": 1.0,
-    "millivolt": 1.0,
-    "v": 1e3,
-    "volt": 1e3,
-}
-
-
-def strip_lead_prefix(label: str) -> str:
-    """``"ECG I"`` -> ``"I"``, ``"EKG-V2"`` -> ``"V2"``; other labels unchanged (trimmed)."""
-    s = label.strip()
-    rest = _LEAD_PREFIX_RE.sub("", s, count=1).strip()
-    return rest if rest and _LEAD_RE.match(rest) else s
-
-
-def is_lead_name(label: str) -> bool:
-    """True for the usual ECG lead spellings (I, ii, aVR, AVL, V1..V9, V4R, ECG II, ...)."""
-    return bool(_LEAD_RE.match(strip_lead_prefix(label)))
-
-
-def mv_factor(unit: str | None) -> float | None:
-    """Multiplier that turns values in ``unit`` into millivolts; None when not a voltage."""
-    if unit is None:
-        return None
-    s = unit.strip().replace("\u00b5", "u").replace("\u03bc", "u").lower()
-    if s.endswith("s") and s[:-1] in _UNIT_TO_MV:
-        s = s[:-1]
-    return _UNIT_TO_MV.get(s)
-
-
-def hinted_mv_factor(hints: ReadHints, default: str = "mV") -> tuple[float, str]:
-    """The factor for ``hints.units`` (default mV); InvalidInput for a unit that is not a voltage."""
-    unit = hints.units or default
-    f = mv_factor(unit)
-    if f is None:
-        raise InvalidInput(
-            f"units {unit!r} is not a voltage unit; use one of nV, uV, mV, V",
-            details={"units": unit},
-        )
-    return f, unit
-
-
-def hinted_rate(hints: ReadHints) -> float | None:
-    """``hints.sampling_rate`` checked to be a positive finite number (or None)."""
-    fs = hints.sampling_rate
-    if fs is None:
-        return None
-    try:
-        fs = float(fs)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"sampling_rate {hints.sampling_rate!r} is not a number") from None
-    if not np.isfinite(fs) or fs <= 0:
-        raise InvalidInput(f"sampling_rate must be a positive number of Hz, got {fs}")
-    return fs
-
-
-def nonfinite_warning(signals: np.ndarray, names: tuple[str, ...]) -> list[SignalWarning]:
-    """Turn +-inf into NaN in place and report leads holding missing samples."""
-    bad = ~np.isfinite(signals)
-    if not bad.any():
-        return []
-    signals[bad] = np.nan
-    leads = tuple(n for n, row in zip(names, bad) if row.any())
-    return [
-        SignalWarning(
-            "nan_samples",
-            f"{int(bad.sum())} missing or non-finite samples in lead(s) {', '.join(leads)}",
-            leads,
-        )
-    ]
-
-
-# --- CSV -----------------------------------------------------------------------------------
 
 _TIME_NAMES = {"time", "t", "time_s", "t_s", "time(s)", "t(s)", "seconds", "sec"}
 _TIME_MS_NAMES = {"time_ms", "t_ms", "time(ms)", "t(ms)", "ms"}
@@ -240,11 +154,8 @@ class CsvReader:
         lead_names = tuple(names)
         warnings = nonfinite_warning(signals, lead_names)
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=lead_names,
-            source_format=self.name,
-            warnings=warnings,
+            signals=signals, fs=fs, lead_names=lead_names,
+            source_format=self.name, warnings=warnings,
             metadata={
                 "delimiter": delim,
                 "decimal_comma": decimal_comma,

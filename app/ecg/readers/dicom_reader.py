@@ -23,6 +23,7 @@ import numpy as np
 
 from app.ecg.readers.base import ReadHints
 from app.ecg.recording import Recording, SignalWarning
+from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 ECG_SOP_CLASSES = {
@@ -30,9 +31,6 @@ ECG_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.2": "General ECG Waveform Storage",
     "1.2.840.10008.5.1.4.1.1.9.1.3": "Ambulatory ECG Waveform Storage",
 }
-
-# UCUM unit code -> factor to millivolts
-_UNIT_TO_MV = {"uv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6, "µv": 1e-3}
 
 # SCP-ECG lead codes (coding scheme SCPECG, code value "5.6.3-9-N")
 _SCPECG_LEADS = {
@@ -78,7 +76,7 @@ def _unit_factor(channel: Any, lead: str) -> float:
         )
     code = str(seq[0].get("CodeValue", "") or "").strip()
     # UCUM is case-sensitive ("MV" would be megavolt), so only an exact "MV" is refused
-    factor = None if code == "MV" else _UNIT_TO_MV.get(code.lower())
+    factor = None if code == "MV" else mv_factor(code)
     if factor is None:
         meaning = str(seq[0].get("CodeMeaning", "") or "").lower()
         for word, f in (("microvolt", 1e-3), ("millivolt", 1.0), ("nanovolt", 1e-6), ("volt", 1e3)):
@@ -226,9 +224,7 @@ class DicomEcgReader:
                             f"DICOM ECG channel {lead!r} has no ChannelSensitivity; "
                             "samples cannot be converted to millivolts"
                         )
-                    from_units = {"mv": 1.0, "uv": 1e-3, "v": 1e3, "nv": 1e-6}.get(
-                        hints.units.lower()
-                    )
+                    from_units = mv_factor(hints.units)
                     if from_units is None:
                         raise UnsupportedSignal(f"unknown units hint {hints.units!r}")
                     val = col * from_units
@@ -259,12 +255,8 @@ class DicomEcgReader:
         if manufacturer:
             metadata["manufacturer"] = str(manufacturer)
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=tuple(names),
-            source_format=self.name,
-            warnings=warnings,
-            metadata=metadata,
+            signals=signals, fs=fs, lead_names=tuple(names),
+            source_format=self.name, warnings=warnings, metadata=metadata,
         )
 
 

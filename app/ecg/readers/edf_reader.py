@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from app.ecg.leads import is_lead_name, strip_lead_prefix
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.csv_reader import is_lead_name, mv_factor, strip_lead_prefix
 from app.ecg.recording import Recording, SignalWarning
+from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 MAGIC = b"0       "
@@ -175,11 +176,8 @@ class EdfReader:
                 SignalWarning("discontinuous", "EDF+D file: data records were joined without their time gaps")
             )
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=names,
-            source_format=self.name,
-            warnings=warnings,
+            signals=signals, fs=fs, lead_names=names,
+            source_format=self.name, warnings=warnings,
             metadata={
                 "edf_type": filetype,
                 "labels": [labels[i] for i in leads],

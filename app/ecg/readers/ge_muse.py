@@ -27,60 +27,35 @@ from xml.etree.ElementTree import Element
 
 import numpy as np
 
+from app.ecg.leads import LIMB_LEADS_FROM_I_II
+from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.hl7_aecg import child, children, local, parse_xml, root_name_from_head
 from app.ecg.recording import Recording, SignalWarning
+from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 FORMAT_LABEL = "GE MUSE XML"
-_UNITS_TO_MV = {
-    "MICROVOLTS": 1e-3, "MICROVOLT": 1e-3, "UV": 1e-3,
-    "MILLIVOLTS": 1.0, "MILLIVOLT": 1.0, "MV": 1.0,
-    "NANOVOLTS": 1e-6, "VOLTS": 1e3,
-}
-_LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
-
-
-def _text(el: Element | None) -> str:
-    return (el.text or "").strip() if el is not None else ""
 
 
 def _number(el: Element, name: str, what: str, *, required: bool = True) -> float | None:
-    raw = _text(child(el, name))
-    if not raw:
-        if required:
-            raise MalformedFile(f"{FORMAT_LABEL}: {what} has no {name}")
-        return None
-    try:
-        v = float(raw)
-    except ValueError:
-        raise MalformedFile(f"{FORMAT_LABEL}: {what} {name} {raw!r} is not a number") from None
-    if not np.isfinite(v):
-        raise MalformedFile(f"{FORMAT_LABEL}: {what} {name} is not finite")
+    v = parse_number(text_of(child(el, name)), FORMAT_LABEL, f"{what} {name}")
+    if v is None and required:
+        raise MalformedFile(f"{FORMAT_LABEL}: {what} has no {name}")
     return v
 
 
-class GeMuseReader:
+class GeMuseReader(XmlRootReader):
     name = "ge_muse"
     title = "GE MUSE resting ECG XML"
-    extensions = (".xml",)
-
-    def claims(self, path: Path, head: bytes) -> bool:
-        return root_name_from_head(head) == "RestingECG"
-
-    def companions(self, path: Path) -> list[Path]:
-        return []
+    root_element = "RestingECG"
 
     def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
-        root = parse_xml(path, FORMAT_LABEL)
-        if local(root.tag) != "RestingECG":
-            raise MalformedFile(
-                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'RestingECG'"
-            )
+        root = parse_root(path, FORMAT_LABEL, self.root_element)
         waveforms = children(root, "Waveform")
         if not waveforms:
             raise MalformedFile(f"{FORMAT_LABEL}: no Waveform element")
-        types = [_text(child(w, "WaveformType")) for w in waveforms]
+        types = [text_of(child(w, "WaveformType")) for w in waveforms]
         rhythm = [w for w, t in zip(waveforms, types) if t.lower() == "rhythm"]
         warnings: list[SignalWarning] = []
         if rhythm:
@@ -92,17 +67,15 @@ class GeMuseReader:
                 warnings.append(
                     SignalWarning("median_beats_only", "MUSE file holds only median beats")
                 )
-        wtype = _text(child(wf, "WaveformType")) or "(unnamed)"
+        wtype = text_of(child(wf, "WaveformType")) or "(unnamed)"
         what = f"{wtype} waveform"
 
         base = _number(wf, "SampleBase", what, required=False)
-        if base is None:
-            if not hints.sampling_rate:
-                raise MalformedFile(f"{FORMAT_LABEL}: {what} has no SampleBase (sampling rate)")
-            fs = float(hints.sampling_rate)
-        else:
-            exp = _number(wf, "SampleExponent", what, required=False) or 0.0
-            fs = base * 10.0**exp
+        if base is not None:
+            base *= 10.0 ** (_number(wf, "SampleExponent", what, required=False) or 0.0)
+        fs = file_or_hinted_rate(
+            base, hints, f"{FORMAT_LABEL}: {what} has no SampleBase (sampling rate)"
+        )
         if fs <= 0:
             raise UnsupportedSignal(f"{FORMAT_LABEL}: sampling rate {fs} is not positive")
 
@@ -113,16 +86,16 @@ class GeMuseReader:
         rows: list[np.ndarray] = []
         lsb: list[float] = []
         for i, ld in enumerate(leads):
-            lead = _text(child(ld, "LeadID")) or f"Lead {i + 1}"
+            lead = text_of(child(ld, "LeadID")) or f"Lead {i + 1}"
             lwhat = f"lead {lead}"
             per_bit = _number(ld, "LeadAmplitudeUnitsPerBit", lwhat)
-            units = _text(child(ld, "LeadAmplitudeUnits")).upper()
+            units = text_of(child(ld, "LeadAmplitudeUnits")).upper()
             if not units:
                 raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} has no LeadAmplitudeUnits")
-            factor = _UNITS_TO_MV.get(units)
+            factor = mv_factor(units)
             if factor is None:
                 raise UnsupportedSignal(f"{FORMAT_LABEL}: {lwhat} has unknown units {units!r}")
-            data_text = _text(child(ld, "WaveFormData"))
+            data_text = text_of(child(ld, "WaveFormData"))
             if not data_text:
                 raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} has no WaveFormData")
             try:
@@ -152,16 +125,8 @@ class GeMuseReader:
 
         if len(set(names)) != len(names):
             raise MalformedFile(f"{FORMAT_LABEL}: duplicate LeadID in {names}")
-        lengths = {r.size for r in rows}
-        n = min(lengths)
-        if len(lengths) > 1:
-            warnings.append(
-                SignalWarning(
-                    "unequal_lead_lengths", f"leads have {sorted(lengths)} samples; all cut to {n}"
-                )
-            )
-        signals = np.vstack([r[:n] for r in rows])
-        missing = [x for x in _LIMB_DERIVED if x not in names]
+        signals = stack_leads(rows, warnings)
+        missing = [x for x in LIMB_LEADS_FROM_I_II if x not in names]
         metadata: dict = {"waveform_type": wtype, "lsb_mV": lsb}
         if missing:
             metadata["derive_limb_leads"] = (
@@ -169,12 +134,8 @@ class GeMuseReader:
                 "must be derived from I and II"
             )
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=tuple(names),
-            source_format=self.name,
-            warnings=warnings,
-            metadata=metadata,
+            signals=signals, fs=fs, lead_names=tuple(names),
+            source_format=self.name, warnings=warnings, metadata=metadata,
         )
 
 

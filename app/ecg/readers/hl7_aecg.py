@@ -20,84 +20,23 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 from xml.etree.ElementTree import Element
 
 import numpy as np
 
+from app.ecg.leads import STANDARD_LEADS
+from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._xml import XmlRootReader, child, children, parse_root
 from app.ecg.readers.base import ReadHints
 from app.ecg.recording import Recording, SignalWarning
+from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 FORMAT_LABEL = "HL7 aECG"
 XSI_TYPE = "{http://www.w3.org/2001/XMLSchema-instance}type"
 
-_UNIT_TO_MV = {"uv": 1e-3, "µv": 1e-3, "mv": 1.0, "v": 1e3, "nv": 1e-6}
 _TIME_TO_S = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
-_MDC_STANDARD = {
-    "I": "I", "II": "II", "III": "III", "AVR": "aVR", "AVL": "aVL", "AVF": "aVF",
-    "V1": "V1", "V2": "V2", "V3": "V3", "V4": "V4", "V5": "V5", "V6": "V6",
-}
-
-
-# --- XML helpers, also used by the GE MUSE and Philips Sierra readers ---------------------
-
-
-def root_name_from_head(head: bytes) -> str | None:
-    """Local name of the first element in an XML prefix, or None if it is not XML."""
-    if head.startswith(b"\xef\xbb\xbf"):
-        text = head[3:].decode("utf-8", "replace")
-    elif head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = head.decode("utf-16", "replace")
-    else:
-        text = head.decode("latin-1")
-    text = text.lstrip()
-    if not text.startswith("<"):
-        return None
-    text = re.sub(r"<\?.*?\?>", "", text, flags=re.S)
-    text = re.sub(r"<!--.*?-->", "", text, flags=re.S)
-    text = re.sub(r"<!DOCTYPE[^\[>]*(\[.*?\]\s*)?>", "", text, flags=re.S | re.I)
-    m = re.match(r"\s*<([A-Za-z_][\w.\-]*:)?([A-Za-z_][\w.\-]*)", text)
-    return m.group(2) if m else None
-
-
-def parse_xml(path: Path, label: str) -> Element:
-    """Parse with defusedxml; every failure becomes MalformedFile naming the problem."""
-    import defusedxml.ElementTree as DET
-    from defusedxml import DefusedXmlException
-    from xml.etree.ElementTree import ParseError
-
-    try:
-        return DET.parse(
-            str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True
-        ).getroot()
-    except DefusedXmlException as exc:
-        raise MalformedFile(
-            f"{label} XML refused: it declares entities or references external resources "
-            f"({type(exc).__name__}: {exc}); nothing was fetched"
-        ) from None
-    except ParseError as exc:
-        raise MalformedFile(f"{label} XML is not well-formed (truncated?): {exc}") from None
-    except (OSError, ValueError) as exc:
-        raise MalformedFile(f"{label} XML cannot be read: {exc}") from None
-
-
-def local(tag: Any) -> str:
-    return tag.rsplit("}", 1)[-1] if isinstance(tag, str) else ""
-
-
-def children(el: Element, name: str) -> list[Element]:
-    return [c for c in el if local(c.tag) == name]
-
-
-def child(el: Element, name: str) -> Element | None:
-    for c in el:
-        if local(c.tag) == name:
-            return c
-    return None
-
-
-# --- aECG -----------------------------------------------------------------------------------
+_MDC_STANDARD = {lead.upper(): lead for lead in STANDARD_LEADS}
 
 
 def _code(el: Element) -> str:
@@ -108,12 +47,7 @@ def _code(el: Element) -> str:
 def _pq(el: Element | None, what: str) -> tuple[float, str]:
     if el is None or el.get("value") in (None, ""):
         raise MalformedFile(f"{FORMAT_LABEL}: {what} has no value")
-    try:
-        v = float(el.get("value"))
-    except ValueError:
-        raise MalformedFile(f"{FORMAT_LABEL}: {what} value {el.get('value')!r} is not a number") from None
-    if not np.isfinite(v):
-        raise MalformedFile(f"{FORMAT_LABEL}: {what} value is not finite")
+    v = parse_number(el.get("value"), FORMAT_LABEL, f"{what} value")
     return v, (el.get("unit") or "").strip()
 
 
@@ -144,23 +78,13 @@ def _sequences(seqset: Element) -> list[Element]:
     return out
 
 
-class HL7AecgReader:
+class HL7AecgReader(XmlRootReader):
     name = "hl7_aecg"
     title = "HL7 aECG (FDA annotated ECG XML)"
-    extensions = (".xml",)
-
-    def claims(self, path: Path, head: bytes) -> bool:
-        return root_name_from_head(head) == "AnnotatedECG"
-
-    def companions(self, path: Path) -> list[Path]:
-        return []
+    root_element = "AnnotatedECG"
 
     def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
-        root = parse_xml(path, FORMAT_LABEL)
-        if local(root.tag) != "AnnotatedECG":
-            raise MalformedFile(
-                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'AnnotatedECG'"
-            )
+        root = parse_root(path, FORMAT_LABEL, self.root_element)
         series = _series_candidates(root)
         if not series:
             raise MalformedFile(f"{FORMAT_LABEL}: no component/series element (no waveforms)")
@@ -211,12 +135,12 @@ class HL7AecgReader:
                 origin_el = child(value, "origin")
                 origin, ounit = (0.0, "") if origin_el is None else _pq(origin_el, f"lead {lead} origin")
                 scale, sunit = _pq(child(value, "scale"), f"lead {lead} scale")
-                sf = _UNIT_TO_MV.get(sunit.lower())
+                sf = mv_factor(sunit)
                 if sf is None:
                     raise UnsupportedSignal(
                         f"{FORMAT_LABEL}: lead {lead} scale unit {sunit!r} is not a voltage unit"
                     )
-                of = _UNIT_TO_MV.get(ounit.lower(), sf) if ounit else sf
+                of = mv_factor(ounit) or sf
                 digits_el = child(value, "digits")
                 if digits_el is None or not (digits_el.text or "").strip():
                     raise MalformedFile(f"{FORMAT_LABEL}: lead {lead} has no digits")
@@ -234,38 +158,18 @@ class HL7AecgReader:
                 names.append(lead)
                 rows.append(origin * of + scale * sf * digits)
                 lsb.append(abs(scale * sf))
-        if fs is None:
-            if hints.sampling_rate:
-                fs = float(hints.sampling_rate)
-            else:
-                raise MalformedFile(
-                    f"{FORMAT_LABEL}: no TIME_ABSOLUTE/TIME_RELATIVE sequence with an increment "
-                    "(sampling rate unknown)"
-                )
+        fs = file_or_hinted_rate(
+            fs,
+            hints,
+            f"{FORMAT_LABEL}: no TIME_ABSOLUTE/TIME_RELATIVE sequence with an increment "
+            "(sampling rate unknown)",
+        )
         if not rows:
             raise MalformedFile(f"{FORMAT_LABEL}: sequenceSet has no MDC_ECG_LEAD_* sequences")
-        lengths = {len(r) for r in rows}
-        n = min(lengths)
-        if len(lengths) > 1:
-            warnings.append(
-                SignalWarning(
-                    "unequal_lead_lengths",
-                    f"leads have {sorted(lengths)} samples; all cut to {n}",
-                )
-            )
-        signals = np.vstack([r[:n] for r in rows])
-        metadata = {
-            "series_code": _code(chosen),
-            "lsb_mV": lsb,
-            "n_series": len(series),
-        }
+        metadata = {"series_code": _code(chosen), "lsb_mV": lsb, "n_series": len(series)}
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=tuple(names),
-            source_format=self.name,
-            warnings=warnings,
-            metadata=metadata,
+            signals=stack_leads(rows, warnings), fs=fs, lead_names=tuple(names),
+            source_format=self.name, warnings=warnings, metadata=metadata,
         )
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from app.ecg.leads import STANDARD_LEADS
+from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.csv_reader import hinted_mv_factor, hinted_rate, nonfinite_warning
 from app.ecg.recording import Recording, SignalWarning
 from app.errors import InvalidInput, MalformedFile
 
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 MAGIC = b"\x93NUMPY"
 
 
@@ -90,11 +90,8 @@ class NpyReader:
         out = np.ascontiguousarray(out)
         warnings += nonfinite_warning(out, names)
         return Recording(
-            signals=out,
-            fs=fs,
-            lead_names=names,
-            source_format=self.name,
-            warnings=warnings,
+            signals=out, fs=fs, lead_names=names,
+            source_format=self.name, warnings=warnings,
             metadata={
                 "dtype": str(arr.dtype),
                 "layout": "leads x samples" if signals is arr else "samples x leads",

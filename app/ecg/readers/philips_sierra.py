@@ -29,17 +29,15 @@ from xml.etree.ElementTree import Element
 
 import numpy as np
 
+from app.ecg.leads import STANDARD_LEADS
+from app.ecg.readers._common import file_or_hinted_rate, parse_number
+from app.ecg.readers._xml import XmlRootReader, child, local, parse_root, text_of
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.hl7_aecg import child, local, parse_xml, root_name_from_head
 from app.ecg.recording import Recording
+from app.ecg.units import to_millivolts_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 FORMAT_LABEL = "Philips Sierra XML"
-_STD12 = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
-
-
-def _text(el: Element | None) -> str:
-    return (el.text or "").strip() if el is not None else ""
 
 
 def _find(el: Element, name: str) -> Element | None:
@@ -50,16 +48,7 @@ def _find(el: Element, name: str) -> Element | None:
 
 
 def _num(el: Element | None, name: str) -> float | None:
-    raw = _text(el)
-    if not raw:
-        return None
-    try:
-        v = float(raw)
-    except ValueError:
-        raise MalformedFile(f"{FORMAT_LABEL}: {name} {raw!r} is not a number") from None
-    if not np.isfinite(v):
-        raise MalformedFile(f"{FORMAT_LABEL}: {name} is not finite")
-    return v
+    return parse_number(text_of(el), FORMAT_LABEL, name)
 
 
 def _xli_decode(data: bytes, n_leads: int) -> list[np.ndarray]:
@@ -100,38 +89,28 @@ def _reconstruct_limb(leads: list[np.ndarray]) -> None:
     leads[5] = np.floor_divide(ii + iii, 2) - leads[5]
 
 
-class PhilipsSierraReader:
+class PhilipsSierraReader(XmlRootReader):
     name = "philips_sierra"
     title = "Philips Sierra ECG XML (PageWriter/TraceMaster)"
-    extensions = (".xml",)
-
-    def claims(self, path: Path, head: bytes) -> bool:
-        return root_name_from_head(head) == "restingecgdata"
-
-    def companions(self, path: Path) -> list[Path]:
-        return []
+    root_element = "restingecgdata"
 
     def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
-        root = parse_xml(path, FORMAT_LABEL)
-        if local(root.tag) != "restingecgdata":
-            raise MalformedFile(
-                f"{FORMAT_LABEL}: root element is {local(root.tag)!r}, expected 'restingecgdata'"
-            )
+        root = parse_root(path, FORMAT_LABEL, self.root_element)
         acq = child(root, "dataacquisition")
         sc = _find(acq, "signalcharacteristics") if acq is not None else None
         if sc is None:
             raise MalformedFile(f"{FORMAT_LABEL}: no dataacquisition/signalcharacteristics element")
-        fs = _num(child(sc, "samplingrate"), "samplingrate")
-        if fs is None:
-            if not hints.sampling_rate:
-                raise MalformedFile(f"{FORMAT_LABEL}: signalcharacteristics has no samplingrate")
-            fs = float(hints.sampling_rate)
+        fs = file_or_hinted_rate(
+            _num(child(sc, "samplingrate"), "samplingrate"),
+            hints,
+            f"{FORMAT_LABEL}: signalcharacteristics has no samplingrate",
+        )
         if fs <= 0:
             raise UnsupportedSignal(f"{FORMAT_LABEL}: samplingrate {fs} is not positive")
         resolution_uv = _num(child(sc, "resolution"), "resolution")
         if resolution_uv is None:
             raise MalformedFile(f"{FORMAT_LABEL}: signalcharacteristics has no resolution (uV per LSB)")
-        acq_type = _text(child(sc, "acquisitiontype"))
+        acq_type = text_of(child(sc, "acquisitiontype"))
         allocated = _num(child(sc, "numberchannelsallocated"), "numberchannelsallocated")
         valid = _num(child(sc, "numberchannelsvalid"), "numberchannelsvalid")
 
@@ -151,14 +130,16 @@ class PhilipsSierraReader:
         if labels_attr:
             labels = labels_attr[:n_leads]
         elif acq_type in ("STD-12", "10-WIRE") and n_leads <= 12:
-            labels = list(_STD12[:n_leads])
+            labels = list(STANDARD_LEADS[:n_leads])
         else:
             labels = [f"Channel {k + 1}" for k in range(n_leads)]
         if len(labels) < n_leads:
             raise MalformedFile(
                 f"{FORMAT_LABEL}: leadlabels names {len(labels)} leads, numberofleads is {n_leads}"
             )
-        duration_ms = _num_attr(pw, "durationperchannel")
+        duration_ms = parse_number(
+            (pw.get("durationperchannel") or "").strip(), FORMAT_LABEL, "durationperchannel"
+        )
 
         encoding = (pw.get("dataencoding") or "").strip()
         compress_method = (pw.get("compressmethod") or pw.get("compression") or "").strip()
@@ -195,7 +176,7 @@ class PhilipsSierraReader:
                     )
                 leads = leads[:n_leads]
                 if n_leads >= 6 and (
-                    acq_type in ("STD-12", "10-WIRE") or tuple(labels[:6]) == _STD12[:6]
+                    acq_type in ("STD-12", "10-WIRE") or tuple(labels[:6]) == STANDARD_LEADS[:6]
                 ):
                     _reconstruct_limb(leads)
                 if duration_ms:
@@ -217,7 +198,7 @@ class PhilipsSierraReader:
         n = min(x.size for x in leads)
         if n == 0:
             raise MalformedFile(f"{FORMAT_LABEL}: waveform data holds no samples")
-        lsb_mv = resolution_uv * 1e-3
+        lsb_mv = resolution_uv * to_millivolts_factor("uV")
         signals = np.vstack([x[:n] for x in leads]).astype(np.float64) * lsb_mv
         metadata = {
             "acquisition_type": acq_type,
@@ -226,25 +207,11 @@ class PhilipsSierraReader:
         }
         doc = child(root, "documentinfo")
         if doc is not None:
-            metadata["document_version"] = _text(child(doc, "documentversion"))
+            metadata["document_version"] = text_of(child(doc, "documentversion"))
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=tuple(labels),
-            source_format=self.name,
-            warnings=[],
-            metadata=metadata,
+            signals=signals, fs=fs, lead_names=tuple(labels),
+            source_format=self.name, warnings=[], metadata=metadata,
         )
-
-
-def _num_attr(el: Element, name: str) -> float | None:
-    raw = (el.get(name) or "").strip()
-    if not raw:
-        return None
-    try:
-        return float(raw)
-    except ValueError:
-        raise MalformedFile(f"{FORMAT_LABEL}: {name} {raw!r} is not a number") from None
 
 
 def _split(flat: np.ndarray, n_leads: int, duration_ms: float | None, fs: float) -> list[np.ndarray]:

@@ -17,12 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
+from app.ecg.readers._common import (
+    hinted_lead_names,
+    hinted_mv_factor,
+    hinted_rate,
+    nonfinite_warning,
+)
 from app.ecg.readers.base import ReadHints
-from app.ecg.readers.csv_reader import hinted_mv_factor, hinted_rate, nonfinite_warning
 from app.ecg.recording import Recording
 from app.errors import InvalidInput, MalformedFile
 
-STANDARD_LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 SPH_FS = 500.0
 MAGIC = b"\x89HDF\r\n\x1a\n"
 _RATE_ATTRS = ("fs", "sampling_rate", "sample_rate", "frequency")
@@ -110,19 +114,12 @@ class SphHdf5Reader:
         else:
             fs, fs_source = SPH_FS, "SPH layout (500 Hz)"
         factor, unit = hinted_mv_factor(hints)
-        names = STANDARD_LEADS
-        if hints.lead_names is not None:
-            if len(hints.lead_names) != 12:
-                raise InvalidInput(f"{len(hints.lead_names)} lead names given; dataset 'ecg' has 12 leads")
-            names = tuple(hints.lead_names)
+        names = hinted_lead_names(hints, "dataset 'ecg'")
         signals = data.astype(np.float64) * factor
         warnings = nonfinite_warning(signals, names)
         return Recording(
-            signals=signals,
-            fs=fs,
-            lead_names=names,
-            source_format=self.name,
-            warnings=warnings,
+            signals=signals, fs=fs, lead_names=names,
+            source_format=self.name, warnings=warnings,
             metadata={"layout": "SPH", "dtype": str(data.dtype), "fs_source": fs_source, "units": unit},
         )
 
