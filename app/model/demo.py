@@ -197,8 +197,13 @@ def build_demo_bundle(
     """
     import tempfile
 
+    from app.errors import CheckpointError
     from app.model.export import export_bundle
 
+    # Refuse before the (slow) vocabulary/checkpoint work, not after it; export checks again.
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise CheckpointError(f"output directory {out_dir} is not empty (use --overwrite to replace it)")
     bert = dict(BIO_CLINICAL_BERT_CONFIG if full_size_text else SMALL_BERT_CONFIG)
     texts = list(corpus)
     vocab = train_demo_vocab(texts, vocab_size=min(4000, bert["vocab_size"]))

@@ -13,12 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+import numpy as np
+
 from app.ecg.preprocess import ModelInput, preprocess
 from app.ecg.readers import discover
 from app.ecg.readers.base import ReadHints
 from app.ecg.recording import Recording
 from app.ecg.uploads import UploadLimits, unpacked_upload
-from app.errors import InvalidInput
+from app.errors import InvalidInput, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
 from app.knowledge.store import KnowledgeStore, label_set_version
 from app.knowledge.types import Label
@@ -83,6 +85,15 @@ def panel_labels(labels: Iterable[Label]) -> tuple[PanelLabel, ...]:
     return tuple(PanelLabel(name=l.name, knowledge=l.description, codes=dict(l.codes), label_id=l.id) for l in labels)
 
 
+def _out_of_range(index: int) -> UnsupportedSignal:
+    # Amplitudes beyond float32 (after conversion to mV) give inf/NaN model outputs, which
+    # cannot be reported (JSON has no NaN): refuse them instead of failing with a 500.
+    return UnsupportedSignal(
+        f"ECG {index}: sample values are too large to score (non-finite model input or output); "
+        "check the signal units", details={"ecg_index": index},
+    )
+
+
 class DiagnoseService:
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
                  model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float) -> None:
@@ -123,6 +134,7 @@ class DiagnoseService:
         t = time.perf_counter()
         panel = await asyncio.to_thread(self.resolve_panel, options)
         timings.add("embed", time.perf_counter() - t)
+        metrics.observe_stage("embed", time.perf_counter() - t)
 
         t = time.perf_counter()
         inputs: list[ModelInput] = await asyncio.to_thread(
@@ -130,9 +142,15 @@ class DiagnoseService:
         )
         timings.add("preprocess", time.perf_counter() - t)
         metrics.observe_stage("preprocess", time.perf_counter() - t)
+        for i, mi in enumerate(inputs):
+            if not np.isfinite(mi.windows).all():
+                raise _out_of_range(i)
 
         key = f"{self.embedder.identity}:{panel.version}"
         scored = await asyncio.gather(*(self.scorer.score(key, mi.windows, panel.vectors) for mi in inputs))
+        for i, sc in enumerate(scored):
+            if not (np.isfinite(sc.probabilities).all() and np.isfinite(sc.attention).all()):
+                raise _out_of_range(i)
         queue = max(s.queue_s for s in scored)
         inference = max(s.inference_s for s in scored)
         timings.add("queue", queue)
