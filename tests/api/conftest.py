@@ -1,0 +1,88 @@
+"""Fixtures for the HTTP tests: the real app (lifespan, ONNX sessions, database) behind
+``fastapi.testclient.TestClient``, on the session's small exported bundle (``small_bundle``
+from tests/fixtures/models.py).
+
+* ``client``: one app per test module on a fresh SQLite file (starting the app loads three
+  ONNX sessions and seeds the built-in knowledge, so modules share it; tests that change
+  knowledge use names of their own).
+* ``app_settings``: Settings for apps a test starts itself (restarts, other databases,
+  batching, a missing bundle).
+* ``upload_tmp``: points the process temp dir (where uploads are unpacked) at an empty
+  folder of the test and checks that it is empty again when the test ends.
+* ``postgres_url``: the fresh PostgreSQL database of tests/knowledge/conftest.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.ops.settings import Settings
+from tests.knowledge.conftest import _empty_postgres, postgres_url  # noqa: F401 - fixture re-used here
+
+UPLOAD_PREFIX = "ecg-upload-"
+
+
+def make_settings(bundle_dir: Path, data_dir: Path, **overrides) -> Settings:
+    values = {"bundle_dir": bundle_dir, "data_dir": data_dir, "database_url": None, "provider": "cpu",
+              "intra_op_threads": 2}
+    values.update(overrides)
+    return Settings(**values)
+
+
+MakeSettings = Callable[..., Settings]
+
+
+@pytest.fixture
+def app_settings(small_bundle: Path, tmp_path: Path) -> MakeSettings:
+    """``app_settings(**overrides)`` -> Settings on the small bundle and a data dir of this test.
+
+    Start the app with ``with TestClient(create_app(settings)) as client:`` (runs the lifespan).
+    """
+
+    def make(**overrides) -> Settings:
+        overrides.setdefault("bundle_dir", small_bundle)
+        overrides.setdefault("data_dir", tmp_path / "data")
+        return make_settings(**overrides)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def client(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    data_dir = tmp_path_factory.mktemp("api-data")
+    app = create_app(make_settings(small_bundle, data_dir))
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture
+def pg_database(postgres_url: str) -> str:  # noqa: F811 - the imported fixture
+    """The session's PostgreSQL database, emptied for this test."""
+    _empty_postgres(postgres_url)
+    return postgres_url
+
+
+def leftover_uploads(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir())
+
+
+@pytest.fixture
+def upload_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The folder the service unpacks uploads into during this test (the process temp dir)."""
+    parent = tmp_path / "tmp"
+    parent.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(parent))
+    # The service makes its upload folders with tempfile's default parent: prove it is this one.
+    from app.ecg.uploads import unpacked_upload
+
+    with unpacked_upload([("probe.txt", b"x")]) as probe:
+        assert probe.parent.parent == parent and probe.parent.name.startswith(UPLOAD_PREFIX)
+    assert leftover_uploads(parent) == []
+    yield parent
+    assert leftover_uploads(parent) == [], "upload folders were left behind"
