@@ -110,6 +110,49 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
+def _record_paths(items: list[str], limit: int) -> list[Path]:
+    """Record paths from files or directories (every *.hea below a directory), at most ``limit``."""
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            paths.extend(sorted(p.rglob("*.hea")))
+        else:
+            paths.append(p if p.suffix else p.with_suffix(".hea"))
+    return paths[:limit]
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from app.ecg.preprocess import preprocess
+    from app.ecg.readers import read_any
+    from app.knowledge.builtin import load_builtin_sets
+    from app.model import precision as P
+    from app.model.runtime import RuntimeOptions, load_runtime
+
+    windows = []
+    for path in _record_paths(args.records, args.max_records):
+        try:
+            windows.append(preprocess(read_any(path)).windows[:1])
+        except ServiceError as exc:
+            _log(f"skipping {path}: {exc.message}")
+    if len(windows) < args.min_records:
+        raise ServiceError(f"{len(windows)} usable records; fidelity needs at least {args.min_records} (--records)")
+    sets = {s.name: s for s in load_builtin_sets()}
+    if args.label_set not in sets:
+        raise ServiceError(f"unknown built-in label set {args.label_set!r}; known: {sorted(sets)}")
+    texts = [l.name if l.encode_text == "name" else l.description for l in sets[args.label_set].labels]
+    vectors = load_runtime(Path(args.bundle), RuntimeOptions(provider="cpu")).embed_texts(texts)
+    bounds = P.Bounds(max_abs_diff=args.max_abs_diff, min_top3_agreement=args.min_top3, min_speedup=args.min_speedup)
+    candidates = {k: P.INT8_CANDIDATES[k] for k in args.candidates} if args.candidates else None
+    report = P.produce_int8(Path(args.bundle), np.concatenate(windows), vectors, bounds=bounds, candidates=candidates,
+                            repeats=args.repeats, log=_log)
+    print(json.dumps({"written": str(Path(args.bundle) / P.INT8_FILE), "variant": report.as_dict(),
+                      "use_with": "ECGFM_PRECISION=int8"}, indent=2))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from app.ops.settings import Settings
     from app.api.server import serve
@@ -155,6 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("records", nargs="+", help="record path (WFDB without extension, or any supported file)")
     g.set_defaults(func=cmd_diagnose)
+
+    q = sub.add_parser("quantize", help="build the int8 ecg_tqn variant; written only if it meets the fidelity bounds")
+    q.add_argument("--bundle", required=True)
+    q.add_argument("--records", nargs="+", required=True, help="WFDB records or directories (first window of each)")
+    q.add_argument("--max-records", type=int, default=64)
+    q.add_argument("--min-records", type=int, default=32)
+    q.add_argument("--label-set", default="default", help="built-in label set whose texts give the label vectors")
+    q.add_argument("--max-abs-diff", type=float, default=0.02, help="largest |probability difference| vs fp32")
+    q.add_argument("--min-top3", type=float, default=0.95, help="least top-3 agreement with fp32")
+    q.add_argument("--min-speedup", type=float, default=None, help="least batch-16 speed-up vs fp32 (default: none)")
+    q.add_argument("--candidates", nargs="*", choices=["int8-all", "int8-keep-head", "int8-keep-head-last", "int8-keep-head-last-ffn"],
+                   help="int8 candidates to try (default: all)")
+    q.add_argument("--repeats", type=int, default=5)
+    q.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--bundle")

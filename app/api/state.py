@@ -49,7 +49,8 @@ class ServiceState:
 def build_state(settings: Settings) -> ServiceState:
     """Load the model and open the database; raises BundleError with how-to text if no bundle."""
     runtime = load_runtime(settings.bundle_dir, RuntimeOptions(provider=settings.provider,
-                                                              intra_op_threads=settings.intra_op_threads))
+                                                              intra_op_threads=settings.intra_op_threads,
+                                                              precision=settings.precision))
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)

@@ -25,6 +25,7 @@ from app.model.tokenizer import encode, load_tokenizer
 log = logging.getLogger(__name__)
 
 ProviderChoice = Literal["auto", "cpu", "cuda"]
+Precision = Literal["fp32", "int8", "fp16"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TEXT_BATCH = 32
@@ -36,6 +37,7 @@ class RuntimeOptions:
     intra_op_threads: int = 0  # 0: ONNX Runtime decides (one per physical core)
     inter_op_threads: int = 1
     optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
+    precision: Precision = "fp32"  # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
 
 
 @dataclass(frozen=True)
@@ -79,30 +81,68 @@ class ModelRuntime:
         self.bundle = bundle
         self.options = options
         self.tokenizer = load_tokenizer(bundle.path(B.TOKENIZER_JSON))
-        requested = _providers(options.provider)
+        requested = self._resolve_providers(bundle, options.provider)
         cache_dir = options.optimized_model_dir or (bundle.root / "optimized")
         self._sessions: dict[str, ort.InferenceSession] = {}
+        precision, tqn_path = self._tqn_file(bundle, options.precision, requested)
         for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER):
-            self._sessions[name] = self._session(bundle.path(name), requested, Path(cache_dir))
+            path = tqn_path if name == B.ECG_TQN else bundle.path(name)
+            self._sessions[name] = self._session(path, requested, Path(cache_dir))
         in_use = self._sessions[B.ECG_TQN].get_providers()[0]
-        if options.provider == "cuda" and in_use != CUDA:
-            raise BundleError(
-                "the CUDA execution provider was requested but ONNX Runtime is running on "
-                f"{in_use} (CUDA/cuDNN libraries could not be loaded; onnxruntime-gpu needs matching CUDA and cuDNN)"
-            )
-        if CUDA in requested and in_use != CUDA:
-            log.warning("CUDA execution provider unavailable at runtime; running on %s", in_use)
         m = bundle.manifest
         self.info = ModelInfo(
             name=str(m.get("model_name", "ECGFM-KED")),
             version=bundle.version,
             provider=in_use,
-            precision=str(m.get("precision", "fp32")),
+            precision=precision,
             untrained=bundle.untrained,
             checkpoint_sha256=(m.get("source_checkpoint") or {}).get("sha256"),
             bundle=str(bundle.root),
         )
         self._lock = threading.Lock()  # tokenizer is not documented as thread-safe
+
+    @staticmethod
+    def _resolve_providers(bundle: B.Bundle, choice: ProviderChoice) -> list[str]:
+        """The providers that will really run. ONNX Runtime lists CUDA whenever onnxruntime-gpu
+        is installed and silently falls back to CPU if CUDA/cuDNN cannot load, so a probe
+        session on the (small) ECG encoder tells which provider a session actually gets."""
+        import onnxruntime as ort
+
+        requested = _providers(choice)
+        if CUDA not in requested:
+            return requested
+        try:
+            probe = ort.InferenceSession(str(bundle.path(B.ECG_ENCODER)), providers=requested)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BundleError(f"cannot load {B.ECG_ENCODER} from {bundle.root}: {exc}") from exc
+        actual = probe.get_providers()[0]
+        if actual == CUDA:
+            return requested
+        if choice == "cuda":
+            raise BundleError(
+                "the CUDA execution provider was requested but ONNX Runtime is running on "
+                f"{actual} (CUDA/cuDNN libraries could not be loaded; onnxruntime-gpu needs matching CUDA and cuDNN)"
+            )
+        log.warning("CUDA execution provider unavailable at runtime (listed, but CUDA/cuDNN could not load); running on %s", actual)
+        return [actual]
+
+    @staticmethod
+    def _tqn_file(bundle: B.Bundle, precision: str, requested: list[str]) -> tuple[str, Path]:
+        from app.model.precision import PRECISION_FILES
+
+        if precision == "fp32":
+            return "fp32", bundle.path(B.ECG_TQN)
+        if precision not in PRECISION_FILES:
+            raise BundleError(f"unknown precision {precision!r}; expected one of {sorted(PRECISION_FILES)}")
+        if precision == "fp16" and CUDA not in requested:
+            log.warning("precision fp16 is used only with the CUDA provider; using fp32 on CPU")
+            return "fp32", bundle.path(B.ECG_TQN)
+        path = bundle.path(PRECISION_FILES[precision])
+        if not path.is_file():
+            raise BundleError(f"precision {precision} was requested but the bundle {bundle.root} has no {path.name}; "
+                              "build it with `ecgfm-ked quantize --bundle DIR` (it is written only when it meets the "
+                              "fidelity bounds)")
+        return precision, path
 
     def _session(self, path: Path, providers: list[str], cache_dir: Path):
         import onnxruntime as ort
@@ -111,8 +151,10 @@ class ModelRuntime:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = self.options.intra_op_threads
         so.inter_op_num_threads = self.options.inter_op_threads
-        optimized = cache_dir / f"{path.stem}.{providers[0]}.ort.onnx"
-        source = path
+        # keyed by the provider that really runs and the ONNX Runtime version: optimised graphs
+        # may hold provider- and version-specific fused operators
+        optimized = cache_dir / f"{path.stem}.{providers[0]}.ort{ort.__version__}.onnx"
+        source, pending = path, None
         if optimized.is_file() and optimized.stat().st_mtime >= path.stat().st_mtime:
             # already optimised: skip the optimisation pass at start-up
             source = optimized
@@ -120,13 +162,22 @@ class ModelRuntime:
         elif os.access(cache_dir.parent, os.W_OK):
             try:
                 cache_dir.mkdir(exist_ok=True)
-                so.optimized_model_filepath = str(optimized)
+                # written under a private name, then renamed: another process starting at the
+                # same moment never reads a half-written graph
+                pending = cache_dir / f"{optimized.name}.{os.getpid()}.tmp"
+                so.optimized_model_filepath = str(pending)
             except OSError:
-                pass
+                pending = None
         try:
-            return ort.InferenceSession(str(source), so, providers=providers)
+            session = ort.InferenceSession(str(source), so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"cannot load {path.name} from {path.parent}: {exc}") from exc
+        if pending is not None and pending.is_file():
+            try:
+                os.replace(pending, optimized)
+            except OSError:
+                pending.unlink(missing_ok=True)
+        return session
 
     # --- the three calls -------------------------------------------------------------------
 
@@ -163,6 +214,9 @@ class ModelRuntime:
         windows = self._check_windows(windows)
         if label_vectors.ndim != 2 or len(label_vectors) == 0:
             raise InvalidInput("at least one label is needed to score an ECG")
+        width = next(i.shape[-1] for i in self._sessions[B.ECG_TQN].get_inputs() if i.name == "label_features")
+        if isinstance(width, int) and label_vectors.shape[1] != width:
+            raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
         probs, attention = self._sessions[B.ECG_TQN].run(
             None, {"ecg": windows, "label_features": np.ascontiguousarray(label_vectors, dtype=np.float32)}
         )

@@ -20,6 +20,8 @@ class Settings(BaseSettings):
     bundle_dir: Path = Field(Path("model_store/bundle"), description="model bundle directory")
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core)")
+    precision: Literal["fp32", "int8", "fp16"] = Field(
+        "fp32", description="ecg_tqn arithmetic: int8 needs ecg_tqn.int8.onnx from `ecgfm-ked quantize`; fp16 only on CUDA")
 
     # storage
     data_dir: Path = Field(Path("data"), description="where the default SQLite database lives")

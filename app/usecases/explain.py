@@ -89,7 +89,7 @@ def rank_diagnoses(
     limit = model_input.duration_s if model_input.padded else None
     out = []
     for rank, c in enumerate(order, start=1):
-        p = float(agg[c])
+        p = round(float(agg[c]), 6)  # the value reported: the threshold applies to what the caller sees
         if p < options.threshold:
             continue
         w = int(best_window[c])
@@ -98,7 +98,7 @@ def rank_diagnoses(
             "rank": rank,
             "label": label.name,
             "label_id": label.label_id,
-            "probability": round(p, 6),
+            "probability": p,
             "aggregation": options.aggregation if len(probs) > 1 else "single_window",
             "codes": dict(label.codes),
             "knowledge": label.knowledge,

@@ -1,0 +1,131 @@
+"""ONNX Runtime sessions over a real bundle (app/model/runtime.py)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from app.errors import BundleError, InvalidInput
+from app.model import bundle as B
+from app.model.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime
+
+
+def cuda_usable() -> bool:
+    """A real NVIDIA driver on this machine (not merely onnxruntime-gpu installed)."""
+    return Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia/version").exists()
+
+
+@pytest.fixture(scope="module")
+def runtime(small_bundle, tmp_path_factory) -> ModelRuntime:
+    return load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path_factory.mktemp("opt")))
+
+
+def test_provider_in_use_is_read_from_the_sessions(runtime) -> None:
+    in_use = {s.get_providers()[0] for s in runtime._sessions.values()}
+    assert in_use == {CPU} and runtime.info.provider == CPU
+    assert runtime.info.as_dict()["provider"] == CPU and runtime.info.untrained is True
+
+
+def test_auto_reports_what_onnx_runtime_actually_uses(small_bundle, tmp_path, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="app.model.runtime"):
+        rt = load_runtime(small_bundle, RuntimeOptions(provider="auto", optimized_model_dir=tmp_path / "opt"))
+    assert rt.info.provider == rt._sessions[B.ECG_TQN].get_providers()[0]
+    if not cuda_usable():
+        assert rt.info.provider == CPU
+        if CUDA in ort.get_available_providers():  # onnxruntime-gpu installed, no GPU: the silent fallback
+            assert "CUDA execution provider unavailable" in caplog.text
+
+
+def test_explicit_cuda_without_a_usable_gpu_is_an_error(small_bundle, tmp_path) -> None:
+    if cuda_usable():
+        rt = load_runtime(small_bundle, RuntimeOptions(provider="cuda", optimized_model_dir=tmp_path / "opt"))
+        assert rt.info.provider == CUDA
+        return
+    # onnxruntime-gpu lists CUDA here but cannot load it: ORT would silently run on CPU
+    with pytest.raises(BundleError, match="CUDA execution provider was requested but ONNX Runtime is running on "
+                                          "CPUExecutionProvider"):
+        load_runtime(small_bundle, RuntimeOptions(provider="cuda", optimized_model_dir=tmp_path / "opt"))
+
+
+def test_optimised_graphs_are_cached_and_reused(small_bundle, tmp_path, real_windows) -> None:
+    cache = tmp_path / "opt"
+    first = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
+    files = sorted(cache.glob("*.onnx"))
+    assert [f.name for f in files] == sorted(f"{Path(n).stem}.{CPU}.ort{ort.__version__}.onnx" for n in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER))
+    stamps = {f.name: f.stat().st_mtime_ns for f in files}
+    second = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
+    assert {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")} == stamps  # not rewritten
+    for name, s in second._sessions.items():
+        assert Path(s._model_path).parent == cache, name  # loaded from the cache
+        assert Path(first._sessions[name]._model_path).parent == small_bundle
+    labels = np.random.default_rng(0).standard_normal((5, 768)).astype(np.float32)
+    p1, a1 = first.score(real_windows[:3], labels)
+    p2, a2 = second.score(real_windows[:3], labels)
+    assert np.allclose(p1, p2, atol=1e-6) and np.allclose(a1, a2, atol=1e-6)
+    assert np.allclose(first.embed_texts(["sinus rhythm"]), second.embed_texts(["sinus rhythm"]), atol=1e-6)
+
+
+def test_embed_texts_returns_input_order(runtime, label_texts) -> None:
+    texts = [label_texts[0], "qt", label_texts[1] + " " + label_texts[2], "sinus rhythm", label_texts[5], "st"]
+    lengths = [len(runtime.tokenizer.encode(t).ids) for t in texts]
+    assert lengths != sorted(lengths)  # the runtime has to reorder
+    one_by_one = np.stack([runtime.embed_texts([t])[0] for t in texts])
+    for batch_size in (2, 32):
+        got = runtime.embed_texts(texts, batch_size=batch_size)
+        assert got.shape == (6, 768) and got.dtype == np.float32
+        assert np.abs(got - one_by_one).max() <= 1e-5
+    assert np.abs(runtime.embed_texts(texts, pad_to=256) - one_by_one).max() <= 1e-5
+    # rows differ, so a permutation would be caught (even with the demo's near-constant BERT)
+    assert min(np.abs(one_by_one[i] - one_by_one[j]).max() for i in range(6) for j in range(i)) > 1e-6
+    assert runtime.embed_texts([]).shape == (0, 768)
+
+
+def test_score_and_encode_shapes(runtime, real_windows) -> None:
+    labels = np.random.default_rng(1).standard_normal((7, 768))  # float64 is accepted and converted
+    probs, attention = runtime.score(real_windows[:4], labels)
+    assert probs.shape == (4, 7) and attention.shape == (4, 7, 32)
+    assert ((probs > 0) & (probs < 1)).all() and np.allclose(attention.sum(-1), 1, atol=1e-5)
+    assert runtime.encode_ecg(real_windows[:2]).shape == (2, 32, 768)
+
+
+@pytest.mark.parametrize(
+    ("windows_shape", "labels_shape"),
+    [((12, 1000), (3, 768)), ((1, 12, 500), (3, 768)), ((1, 8, 1000), (3, 768)), ((1, 1000, 12), (3, 768)),
+     ((1, 12, 1000), (768,)), ((1, 12, 1000), (0, 768)), ((1, 12, 1000), (3, 512))],
+)
+def test_score_rejects_wrong_shapes(runtime, windows_shape, labels_shape) -> None:
+    with pytest.raises(InvalidInput):
+        runtime.score(np.zeros(windows_shape, np.float32), np.zeros(labels_shape, np.float32))
+
+
+def test_encode_ecg_rejects_wrong_shapes(runtime) -> None:
+    with pytest.raises(InvalidInput, match=r"must be \(B, 12, 1000\), got \(2, 12, 999\)"):
+        runtime.encode_ecg(np.zeros((2, 12, 999), np.float32))
+
+
+def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path) -> None:
+    with pytest.raises(BundleError, match="does not exist") as err:
+        load_runtime(tmp_path / "nowhere")
+    assert B.HOW_TO_GET_ONE in err.value.message
+    partial = tmp_path / "partial"
+    shutil.copytree(small_bundle, partial, ignore=shutil.ignore_patterns("ecg_encoder.onnx", "optimized"))
+    with pytest.raises(BundleError, match=r"incomplete, missing \['ecg_encoder.onnx'\]") as err:
+        B.open_bundle(partial)
+    assert B.HOW_TO_GET_ONE in err.value.message
+    shutil.copyfile(small_bundle / B.ECG_ENCODER, partial / B.ECG_ENCODER)
+    assert B.open_bundle(partial).version == "test-small"
+    (partial / B.MANIFEST).write_text('{"format_version": 99, "text_encoder_id": "x"}')
+    with pytest.raises(BundleError, match="format_version 99"):
+        B.open_bundle(partial)
+    (partial / B.MANIFEST).write_text("{broken")
+    with pytest.raises(BundleError, match="cannot read"):
+        B.open_bundle(partial)
+    (partial / B.ECG_TQN).write_bytes(b"not an onnx graph")
+    (partial / B.MANIFEST).write_text((small_bundle / B.MANIFEST).read_text())
+    with pytest.raises(BundleError, match="cannot load ecg_tqn.onnx"):
+        load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
