@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -150,6 +151,11 @@ class KnowledgeStore:
         with db.read_tx(self._engine) as conn:
             row = _set_row(conn, name)
             return _to_label_set(row, _members(conn, row.id))
+
+    def current_version(self, name: str) -> str:
+        """The set's current version: one indexed row, for read-through caches keyed by it."""
+        with db.read_tx(self._engine) as conn:
+            return str(_set_row(conn, name).version)
 
     def create_label_set(self, draft: LabelSetDraft, *, builtin: bool = False) -> LabelSet:
         draft = draft.validated()
@@ -506,3 +512,31 @@ def _refresh_set(conn: Connection, set_id: int) -> LabelSet:
 
 
 __all__ = ["KnowledgeStore", "label_set_version"]
+
+
+class LabelSetReader:
+    """Reads label sets through a small in-process cache keyed by (name, version).
+
+    Every call still asks the database for the set's current version (one indexed row), so
+    the visibility bound of :class:`KnowledgeStore` holds unchanged; only the members of a
+    version already seen are not read again. Versions are content hashes: never stale.
+    """
+
+    def __init__(self, store: KnowledgeStore, *, max_entries: int = 64) -> None:
+        self._store = store
+        self._max_entries = max_entries
+        self._sets: dict[tuple[str, str], LabelSet] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LabelSet:
+        key = (name_key(name), self._store.current_version(name))
+        with self._lock:
+            cached = self._sets.get(key)
+        if cached is not None:
+            return cached
+        label_set = self._store.get_label_set(name)
+        with self._lock:
+            if len(self._sets) >= self._max_entries:
+                self._sets.pop(next(iter(self._sets)))
+            self._sets[(name_key(name), label_set.version)] = label_set
+        return label_set

@@ -34,7 +34,7 @@ TEXT_BATCH = 32
 @dataclass(frozen=True)
 class RuntimeOptions:
     provider: ProviderChoice = "auto"
-    intra_op_threads: int = 0  # 0: ONNX Runtime decides (one per physical core)
+    intra_op_threads: int = 0  # 0: one per core (os.cpu_count())
     inter_op_threads: int = 1
     optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
     precision: Precision = "fp32"  # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
@@ -149,7 +149,9 @@ class ModelRuntime:
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = self.options.intra_op_threads
+        # 0 means one thread per core, set explicitly: ONNX Runtime's own default measured
+        # ~1.8x slower at batch 1 on the 2-core reference machine (benchmarks/results)
+        so.intra_op_num_threads = self.options.intra_op_threads or (os.cpu_count() or 1)
         so.inter_op_num_threads = self.options.inter_op_threads
         # keyed by the provider that really runs and the ONNX Runtime version: optimised graphs
         # may hold provider- and version-specific fused operators

@@ -22,7 +22,7 @@ from app.ecg.recording import Recording
 from app.ecg.uploads import UploadLimits, unpacked_upload
 from app.errors import InvalidInput, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
-from app.knowledge.store import KnowledgeStore, label_set_version
+from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_version
 from app.knowledge.types import Label
 from app.model.runtime import ModelInfo
 from app.ops import metrics
@@ -98,6 +98,7 @@ class DiagnoseService:
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
                  model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float) -> None:
         self.store = store
+        self.label_sets = LabelSetReader(store)
         self.vectors = vectors
         self.embedder = embedder
         self.scorer = scorer
@@ -121,7 +122,7 @@ class DiagnoseService:
 
             label_set = LabelSet(name=name, description="", version=version, labels=tuple(labels))
         else:
-            label_set = self.store.get_label_set(options.label_set or self.default_label_set)
+            label_set = self.label_sets.get(options.label_set or self.default_label_set)
         if len(label_set.labels) > self.max_labels:
             raise InvalidInput(f"{len(label_set.labels)} labels requested; the limit is {self.max_labels}")
         vectors, stats = self.vectors.vectors_for_label_set(label_set, self.embedder)
