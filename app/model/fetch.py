@@ -63,9 +63,9 @@ CHUNK_SIZE = 1024 * 1024
 USER_AGENT = "ecgfm-ked-service (weights fetch)"
 
 MANUAL_HINT = (
-    "If this machine cannot reach it, download the files on another machine and pass "
-    "them by hand instead: --checkpoint PATH (the .pt checkpoint) --text-model DIR "
-    "(a directory with config.json and vocab.txt of Bio_ClinicalBERT)."
+    "If this machine cannot reach it, download the files on another machine and export "
+    "them by hand instead: ecgfm-ked export --checkpoint PATH (the .pt checkpoint) "
+    "--text-model DIR (a directory with config.json and vocab.txt of Bio_ClinicalBERT) --out BUNDLE_DIR."
 )
 
 

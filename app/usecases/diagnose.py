@@ -23,7 +23,7 @@ from app.ecg.uploads import UploadLimits, unpacked_upload
 from app.errors import InvalidInput, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
 from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_version
-from app.knowledge.types import Label
+from app.knowledge.types import Label, LabelSet
 from app.model.runtime import ModelInfo
 from app.ops import metrics
 from app.usecases.explain import (
@@ -117,10 +117,7 @@ class DiagnoseService:
             labels = [self.store.get_label_by_name(n) for n in options.labels]
             if len({l.id for l in labels}) != len(labels):
                 raise InvalidInput("explicit labels list the same label more than once")
-            name, version = ADHOC_SET, label_set_version(labels)
-            from app.knowledge.types import LabelSet
-
-            label_set = LabelSet(name=name, description="", version=version, labels=tuple(labels))
+            label_set = LabelSet(name=ADHOC_SET, description="", version=label_set_version(labels), labels=tuple(labels))
         else:
             label_set = self.label_sets.get(options.label_set or self.default_label_set)
         if len(label_set.labels) > self.max_labels:

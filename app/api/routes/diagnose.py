@@ -14,7 +14,7 @@ from starlette.datastructures import UploadFile
 
 from app.api.fhir import to_fhir_bundle
 from app.api.schemas import DiagnoseJson, DiagnoseResponse, ErrorBody
-from app.api.state import StateDep
+from app.api.state import ServiceState, StateDep
 from app.ecg.readers.arrays import recording_from_arrays
 from app.ecg.readers.base import ReadHints
 from app.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
@@ -43,7 +43,7 @@ async def _json_sources(request: Request) -> list[EcgSource]:
     return [EcgSource(recording_from_arrays(e.leads, e.sampling_rate, e.units), ref=e.id) for e in body.ecgs]
 
 
-async def _upload_sources(request: Request, state, hints: ReadHints) -> list[EcgSource]:
+async def _upload_sources(request: Request, state: ServiceState, hints: ReadHints) -> list[EcgSource]:
     form = await request.form(max_files=state.settings.max_files, max_fields=50)
     try:
         uploads = [v for _k, v in form.multi_items() if isinstance(v, UploadFile)]
