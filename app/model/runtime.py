@@ -20,7 +20,7 @@ import numpy as np
 
 from app.errors import BundleError, InvalidInput
 from app.model import bundle as B
-from app.model.tokenizer import encode, load_tokenizer
+from app.model.tokenizer import load_tokenizer, pad, pad_id_of, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ class ModelRuntime:
             path = tqn_path if name == B.ECG_TQN else bundle.path(name)
             self._sessions[name] = self._session(path, requested, Path(cache_dir))
         in_use = self._sessions[B.ECG_TQN].get_providers()[0]
+        self._label_width = next(i.shape[-1] for i in self._sessions[B.ECG_TQN].get_inputs() if i.name == "label_features")
         m = bundle.manifest
         self.info = ModelInfo(
             name=str(m.get("model_name", "ECGFM-KED")),
@@ -196,14 +197,14 @@ class ModelRuntime:
         if not texts:
             return np.zeros((0, 768), dtype=np.float32)
         with self._lock:
-            lengths = [len(e.ids) for e in self.tokenizer.encode_batch(texts)]
-        order = np.argsort(lengths, kind="stable")
+            ids = token_ids(self.tokenizer, texts)  # tokenised once; batches are padded from these
+        order = np.argsort([len(i) for i in ids], kind="stable")
         out: np.ndarray | None = None
         session = self._sessions[B.TEXT_ENCODER]
+        pad_id = pad_id_of(self.tokenizer)
         for start in range(0, len(texts), batch_size):
             idx = order[start : start + batch_size]
-            with self._lock:
-                enc = encode(self.tokenizer, [texts[i] for i in idx], pad_to=pad_to)
+            enc = pad([ids[i] for i in idx], pad_id=pad_id, pad_to=pad_to)
             (feats,) = session.run(None, {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask})
             if out is None:
                 out = np.empty((len(texts), feats.shape[1]), dtype=np.float32)
@@ -216,7 +217,7 @@ class ModelRuntime:
         windows = self._check_windows(windows)
         if label_vectors.ndim != 2 or len(label_vectors) == 0:
             raise InvalidInput("at least one label is needed to score an ECG")
-        width = next(i.shape[-1] for i in self._sessions[B.ECG_TQN].get_inputs() if i.name == "label_features")
+        width = self._label_width
         if isinstance(width, int) and label_vectors.shape[1] != width:
             raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
         probs, attention = self._sessions[B.ECG_TQN].run(

@@ -45,15 +45,26 @@ def load_tokenizer(tokenizer_json: Path) -> Tokenizer:
     return tok
 
 
+def token_ids(tok: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """``[CLS] ... [SEP]`` ids of each text, truncated, unpadded."""
+    return [e.ids for e in tok.encode_batch(texts)]
+
+
+def pad(ids: list[list[int]], *, pad_id: int = 0, pad_to: int | None = None) -> Encoded:
+    """Pad to the longest sequence (or to ``pad_to``) with an attention mask."""
+    width = max(max((len(i) for i in ids), default=0), pad_to or 0)
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return Encoded(input_ids, mask)
+
+
+def pad_id_of(tok: Tokenizer) -> int:
+    return tok.token_to_id("[PAD]") or 0
+
+
 def encode(tok: Tokenizer, texts: list[str], *, pad_to: int | None = None) -> Encoded:
     """Token ids and mask, padded to the longest text (or to ``pad_to``)."""
-    encodings = tok.encode_batch(texts)
-    longest = max((len(e.ids) for e in encodings), default=0)
-    width = max(longest, pad_to or 0)
-    pad_id = tok.token_to_id("[PAD]") or 0
-    ids = np.full((len(texts), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(texts), width), dtype=np.int64)
-    for i, e in enumerate(encodings):
-        ids[i, : len(e.ids)] = e.ids
-        mask[i, : len(e.ids)] = 1
-    return Encoded(ids, mask)
+    return pad(token_ids(tok, texts), pad_id=pad_id_of(tok), pad_to=pad_to)
