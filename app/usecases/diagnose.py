@@ -66,7 +66,12 @@ class Timings:
     stages: dict[str, float] = field(default_factory=dict)
 
     def add(self, stage: str, seconds: float) -> None:
+        """Record a stage for the response and for the stage-latency metric."""
         self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+        metrics.observe_stage(stage, seconds)
+
+    def since(self, stage: str, started: float) -> None:
+        self.add(stage, time.perf_counter() - started)
 
     def as_ms(self) -> dict[str, float]:
         out = {k: round(v * 1000, 2) for k, v in self.stages.items()}
@@ -131,15 +136,13 @@ class DiagnoseService:
     async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings) -> dict[str, Any]:
         t = time.perf_counter()
         panel = await asyncio.to_thread(self.resolve_panel, options)
-        timings.add("embed", time.perf_counter() - t)
-        metrics.observe_stage("embed", time.perf_counter() - t)
+        timings.since("embed", t)
 
         t = time.perf_counter()
         inputs: list[ModelInput] = await asyncio.to_thread(
             lambda: [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s) for s in sources]
         )
-        timings.add("preprocess", time.perf_counter() - t)
-        metrics.observe_stage("preprocess", time.perf_counter() - t)
+        timings.since("preprocess", t)
         for i, mi in enumerate(inputs):
             if not np.isfinite(mi.windows).all():
                 raise _out_of_range(i)
@@ -153,8 +156,6 @@ class DiagnoseService:
         inference = max(s.inference_s for s in scored)
         timings.add("queue", queue)
         timings.add("inference", inference)
-        metrics.observe_stage("queue", queue)
-        metrics.observe_stage("inference", inference)
 
         rank = RankOptions(top_k=options.top_k, threshold=options.threshold, aggregation=options.aggregation,
                            include_windows=options.include_windows, evidence_spans=options.evidence_spans)

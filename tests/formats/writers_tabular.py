@@ -18,6 +18,8 @@ import pytest
 import scipy.io
 import wfdb
 
+from app.ecg.readers.base import HEAD_BYTES
+
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "ecg-samples"
 STANDARD = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
 
@@ -47,8 +49,9 @@ def load_wfdb(rel: str) -> tuple[np.ndarray, float, tuple[str, ...]]:
 
 
 def head(path: Path) -> bytes:
+    """What the registry hands a reader's ``claims``: the file's first bytes."""
     with open(path, "rb") as fh:
-        return fh.read(4096)
+        return fh.read(HEAD_BYTES)
 
 
 # --- EDF ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "ecg-samples"
+from tests.formats.writers_tabular import SAMPLES, head  # noqa: F401  (head is re-exported to the tests)
 
 # two 500 Hz records from different sources and one 1000 Hz record (38.4 s)
 REC_500_A = "cinc2021-a/E07500"
@@ -61,11 +61,6 @@ def quantise(x_mv: np.ndarray, lsb_mv: float, lo: int = -32768, hi: int = 32767)
     if q.min() < lo or q.max() > hi:
         raise ValueError(f"signal does not fit [{lo}, {hi}] at {lsb_mv} mV/LSB")
     return q.astype(np.int64)
-
-
-def head(path: Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(4096)
 
 
 # --- DICOM -----------------------------------------------------------------------------------

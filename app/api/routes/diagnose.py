@@ -98,8 +98,7 @@ async def diagnose(
         )
     if len(sources) > settings.max_ecgs_per_request:
         raise InvalidInput(f"{len(sources)} ECGs in one request; the limit is {settings.max_ecgs_per_request}")
-    timings.add("parse", time.perf_counter() - t)
-    metrics.observe_stage("parse", time.perf_counter() - t)
+    timings.since("parse", t)
 
     options = DiagnoseOptions(label_set=label_set, labels=tuple(labels or ()), top_k=top_k, threshold=threshold,
                               pad=pad, aggregation=aggregation, include_windows=include_windows)
