@@ -86,7 +86,8 @@ def test_metadata_has_no_identifiers(ecg_data_dir: Path) -> None:
     text = repr(rec.metadata).lower()
     for identifying in ("s0010", "81", "female", "1990", "infarction", "comments"):
         assert identifying not in text
-    assert set(rec.metadata) == {"n_signals", "storage_formats", "units_in"}
+    assert set(rec.metadata) == {"n_signals", "storage_formats", "units_in", "decoder"}
+    assert rec.metadata["decoder"] == "numpy"
 
 
 def test_lower_case_mv_units_are_millivolts(ecg_data_dir: Path) -> None:

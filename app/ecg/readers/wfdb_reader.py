@@ -4,12 +4,29 @@ The header is recognised by content (its record line: name, number of signals,
 sampling frequency, number of samples, followed by a signal line naming a file and a
 WFDB storage format). Signal files must sit next to the header: a header naming a file
 elsewhere (``../x``, an absolute path, a sub-folder, a symbolic link) is refused with
-UnsafeUpload before anything is read. Samples are read with ``wfdb.rdrecord`` and
-converted to millivolts from each channel's header units; invalid samples stay NaN.
+UnsafeUpload before anything is read.
+
+Samples are decoded one of two ways, with the same result (``p_signal`` of
+``wfdb.rdrecord``, bit for bit):
+
+* the numpy fast path (``_simple_plan`` + ``_decode_simple``) for the common records:
+  single segment, storage formats 8, 16, 24, 32, 61, 80, 160 and 212, one sample per
+  frame, no skew, byte offsets honoured, one or more signal files whose signals are
+  interleaved frame by frame. The header is interpreted with wfdb's own header
+  patterns and wfdb's reading rules (default gain 200 for a missing or zero gain,
+  baseline from the ADC zero when missing, units "mV" when missing, each format's
+  invalid-sample value becomes NaN), without wfdb's pandas-based header parser that
+  costs milliseconds per record;
+* ``wfdb.rdrecord`` for everything else (other formats, several samples per frame,
+  skew, odd headers), and for any header the fast path has the least doubt about.
+
+Either way the samples are converted to millivolts from each channel's header units;
+invalid samples stay NaN. ``metadata["decoder"]`` says which path read the record.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -18,6 +35,14 @@ from pathlib import Path
 
 import numpy as np
 import wfdb
+
+try:  # wfdb's header patterns are module attributes, not documented API: without them, no fast path
+    from wfdb.io import header as wfdb_header
+
+    _WFDB_PATTERNS = all(hasattr(wfdb_header, n) for n in ("rx_record", "rx_signal", "wfdb_strptime"))
+except ImportError:  # pragma: no cover - depends on the installed wfdb
+    wfdb_header = None
+    _WFDB_PATTERNS = False
 
 from app.ecg.readers.base import ReadHints
 from app.ecg.recording import Recording
@@ -181,6 +206,258 @@ def _check_signal_files(path: Path, header: _Header, files: list[Path]) -> None:
             )
 
 
+# --- The numpy fast path -------------------------------------------------------------------
+#
+# Formats the fast path decodes, with the value wfdb reads as "invalid sample" (NaN) in
+# each (format 8 has none: it stores differences). All formats a plain np.frombuffer, or
+# a few byte operations, turns into samples.
+_FAST_INVALID: dict[str, int | None] = {
+    "8": None, "16": -(1 << 15), "24": -(1 << 23), "32": -(1 << 31), "61": -(1 << 15),
+    "80": -(1 << 7), "160": -(1 << 15), "212": -(1 << 11),
+}
+_FAST_DTYPES = {"8": "i1", "16": "<i2", "32": "<i4", "61": ">i2", "80": "u1", "160": "<u2"}
+# Bytes one sample takes, as wfdb counts it when it infers the length from a file's size.
+_FAST_BYTES_PER_SAMPLE = {
+    "8": 1, "16": 2, "24": 3, "32": 4, "61": 2, "80": 1, "160": 2, "212": 1.5,
+}
+_DEFAULT_GAIN = 200.0  # wfdb's reading default for a missing or zero ADC gain
+_DEFAULT_UNITS = "mV"
+_EXACT_INT = 1 << 53  # baselines beyond this would not be exact as float64
+_INT32 = 1 << 31
+
+
+@dataclass(frozen=True)
+class _Channel:
+    name: str | None
+    units: str
+    gain: float
+    baseline: int
+    init_value: int
+
+
+@dataclass(frozen=True)
+class _FilePlan:
+    path: Path
+    fmt: str
+    byte_offset: int
+    first: int  # index of its first signal; a file's signals are consecutive
+    count: int
+
+
+@dataclass(frozen=True)
+class _SimplePlan:
+    n_samples: int
+    channels: tuple[_Channel, ...]
+    files: tuple[_FilePlan, ...]
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text else None
+
+
+def _record_line_ok(line: str, header: _Header) -> tuple[int, int | None] | None:
+    """(n_sig, sig_len) as wfdb.rdheader reads the record line, or None if it would not."""
+    match = wfdb_header.rx_record.match(line)
+    if match is None or match["n_seg"]:
+        return None
+    # wfdb converts these fields; where that raises, wfdb.rdrecord fails too.
+    if match["fs"]:
+        int(float(match["fs"]))  # wfdb also rounds the rate to an int when it is whole
+    for key in ("counter_freq", "base_counter"):
+        if match[key]:
+            float(match[key])
+    if match["base_time"]:
+        wfdb_header.wfdb_strptime(match["base_time"])
+    if match["base_date"]:
+        datetime.datetime.strptime(match["base_date"], "%d/%m/%Y")
+    n_sig = int(match["n_sig"])
+    sig_len = _optional_int(match["sig_len"])
+    if n_sig != len(header.signals) or sig_len != header.n_samples:
+        return None  # the project's parser and wfdb's disagree: let wfdb decide
+    return n_sig, sig_len
+
+
+def _signal_line(line: str, spec: _SignalSpec) -> tuple[_Channel, str, int] | None:
+    """One signal line as wfdb.rdheader reads it: (channel, format, byte offset), or None."""
+    match = wfdb_header.rx_signal.match(line)
+    if match is None:
+        return None
+    (file_name, fmt, spf, skew, offset, gain, baseline, units,
+     adc_res, adc_zero, init_value, checksum, block_size, name) = match.groups()
+    # wfdb converts every numeric field it finds; a ValueError here means it fails too.
+    for text in (adc_res, checksum, block_size):
+        _optional_int(text)
+    samples_per_frame = _optional_int(spf)
+    byte_offset = _optional_int(offset) or 0
+    zero = _optional_int(adc_zero)
+    init = _optional_int(init_value) or 0
+    if (
+        file_name != spec.file_name
+        or fmt != spec.fmt
+        or fmt not in _FAST_INVALID
+        or samples_per_frame not in (None, 1)
+        or spec.samples_per_frame != 1
+        or _optional_int(skew)  # a skew other than 0
+        or byte_offset != spec.byte_offset
+        or (fmt == "8" and not -_INT32 <= init < _INT32)
+    ):
+        return None
+    adc_gain = float(gain) if gain else _DEFAULT_GAIN
+    if adc_gain == 0:
+        adc_gain = _DEFAULT_GAIN
+    if baseline:
+        adc_baseline = int(baseline)
+    else:
+        adc_baseline = zero if zero is not None else 0
+    if abs(adc_baseline) >= _EXACT_INT:
+        return None
+    channel = _Channel(
+        name=name or None,
+        units=units or _DEFAULT_UNITS,
+        gain=adc_gain,
+        baseline=adc_baseline,
+        init_value=init,
+    )
+    return channel, fmt, byte_offset
+
+
+def _inferred_length(file: _FilePlan) -> int:
+    """Samples per signal as wfdb infers them from the first file's size."""
+    try:
+        size = file.path.stat().st_size
+    except OSError:
+        return 0
+    return int((size - file.byte_offset) / (_FAST_BYTES_PER_SAMPLE[file.fmt] * file.count))
+
+
+def _simple_plan(text: str, header: _Header, files: dict[str, Path]) -> _SimplePlan | None:
+    """How the fast path decodes this record, or None if it is one for wfdb.rdrecord.
+
+    The header is read with wfdb's own patterns and conversions, so that names, units,
+    gains and baselines are those ``wfdb.rdheader`` gives. Anything unusual (other
+    formats, several samples per frame, skew, a file's signals with different formats or
+    offsets, or not consecutive, a field wfdb could not convert, a header the project's
+    parser reads differently) returns None: wfdb then reads the record, or raises its error.
+    """
+    if not _WFDB_PATTERNS or header.n_segments is not None or not text.isascii():
+        return None
+    lines = _content_lines(text)
+    channels: list[_Channel] = []
+    plans: list[_FilePlan] = []
+    try:
+        record = _record_line_ok(lines[0], header)
+        if record is None or len(lines) != record[0] + 1:
+            return None
+        for index, (line, spec) in enumerate(zip(lines[1:], header.signals)):
+            signal = _signal_line(line, spec)
+            if signal is None:
+                return None
+            channel, fmt, byte_offset = signal
+            channels.append(channel)
+            last = plans[-1] if plans else None
+            if last is not None and last.path.name == spec.file_name:
+                if (fmt, byte_offset) != (last.fmt, last.byte_offset):
+                    return None  # wfdb would read the whole file in its first format
+                plans[-1] = _FilePlan(last.path, fmt, byte_offset, last.first, last.count + 1)
+            elif any(plan.path.name == spec.file_name for plan in plans):
+                return None  # the file's signals are not consecutive
+            else:
+                plans.append(_FilePlan(files[spec.file_name], fmt, byte_offset, index, 1))
+    except (ValueError, OverflowError):  # a field wfdb could not convert either
+        return None
+    n_samples = record[1] if record[1] is not None else _inferred_length(plans[0])
+    if n_samples <= 0:
+        return None
+    return _SimplePlan(n_samples=n_samples, channels=tuple(channels), files=tuple(plans))
+
+
+def _stored_bytes(fmt: str, n_values: int) -> int:
+    if fmt == "212":
+        return (3 * n_values + 1) // 2
+    return n_values * int(_FAST_BYTES_PER_SAMPLE[fmt])
+
+
+def _read_samples(file: _FilePlan, n_bytes: int, source: str) -> bytes:
+    """The ``n_bytes`` after the file's byte offset; MalformedFile if the file is shorter."""
+    try:
+        with file.path.open("rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(file.byte_offset)
+            data = handle.read(n_bytes)
+    except OSError as exc:
+        raise MalformedFile(f"{file.path.name}: cannot read signal file ({exc.strerror})") from None
+    if len(data) < n_bytes:
+        expected = file.byte_offset + n_bytes
+        raise MalformedFile(
+            f"{file.path.name} is truncated: {size} bytes, but {source} implies {expected}",
+            details={"signal_file": file.path.name, "bytes": size, "expected_bytes": expected},
+        )
+    return data
+
+
+def _unpack(fmt: str, data: bytes, n_values: int) -> np.ndarray:
+    """The ``n_values`` stored samples in ``data`` (exactly their bytes) as integers."""
+    if fmt in _FAST_DTYPES:
+        values = np.frombuffer(data, dtype=_FAST_DTYPES[fmt])
+        if fmt == "80":  # offset binary
+            return values.astype(np.int16) - 128
+        if fmt == "160":
+            return values.astype(np.int32) - 32768
+        return values
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if fmt == "24":  # little-endian, two's complement
+        triples = raw.reshape(-1, 3).astype(np.int32)
+        high = triples[:, 2] - ((triples[:, 2] & 0x80) << 1)
+        return triples[:, 0] | (triples[:, 1] << 8) | (high << 16)
+    # 212: two 12-bit samples in three bytes; the middle byte holds both high nibbles.
+    # An odd count ends in two bytes (the last sample's low byte and high nibble).
+    if len(raw) % 3:
+        raw = np.concatenate((raw, np.zeros(3 - len(raw) % 3, dtype=np.uint8)))
+    triples = raw.reshape(-1, 3).astype(np.int16)
+    values = np.empty((len(triples), 2), dtype=np.int16)
+    values[:, 0] = triples[:, 0] | ((triples[:, 1] & 0x0F) << 8)
+    values[:, 1] = triples[:, 2] | ((triples[:, 1] & 0xF0) << 4)
+    values = values.reshape(-1)[:n_values]
+    values[values > 2047] -= 4096
+    return values
+
+
+def _decode_simple(
+    plan: _SimplePlan, source: str
+) -> tuple[np.ndarray, tuple[str | None, ...], tuple[str, ...]]:
+    """Physical signals (n_signals, n_samples) float64, signal names and units, as wfdb reads them.
+
+    ``p = (d - baseline) / gain`` in float64, and NaN where ``d`` is the format's invalid
+    value; a signal file too short for the header's sample count is a MalformedFile.
+    """
+    n = plan.n_samples
+    signals = np.empty((len(plan.channels), n), dtype=np.float64)
+    for file in plan.files:
+        n_values = n * file.count
+        data = _read_samples(file, _stored_bytes(file.fmt, n_values), source)
+        frames = _unpack(file.fmt, data, n_values).reshape(n, file.count)
+        rows = slice(file.first, file.first + file.count)
+        channels = plan.channels[rows]
+        if file.fmt == "8":  # first differences, starting from each signal's initial value
+            frames = np.cumsum(frames, axis=0, dtype=np.int32)
+            frames += np.array([c.init_value for c in channels], dtype=np.int32)
+        digital = frames.T
+        out = signals[rows]
+        baselines = np.array([[c.baseline] for c in channels], dtype=np.float64)
+        gains = np.array([[c.gain] for c in channels], dtype=np.float64)
+        np.subtract(digital, baselines, out=out)  # float64, in wfdb's order of operations
+        np.divide(out, gains, out=out)
+        invalid = _FAST_INVALID[file.fmt]
+        if invalid is not None:
+            out[digital == invalid] = np.nan
+    names = tuple(c.name for c in plan.channels)
+    units = tuple(c.units for c in plan.channels)
+    return signals, names, units
+
+
+# --- The wfdb path ---------------------------------------------------------------------------
+
+
 def _rdrecord(path: Path) -> wfdb.Record:
     try:
         return wfdb.rdrecord(str(path.with_suffix("")))
@@ -189,6 +466,21 @@ def _rdrecord(path: Path) -> wfdb.Record:
     except Exception as exc:  # wfdb raises many kinds on broken input; name the file
         problem = f"{type(exc).__name__}: {exc}"
         raise MalformedFile(f"{path.name}: cannot read WFDB record ({problem})") from None
+
+
+def _decode_wfdb(
+    path: Path,
+) -> tuple[np.ndarray, tuple[str | None, ...], tuple[str, ...]]:
+    """Physical signals (n_signals, n_samples), names and units, read by wfdb.rdrecord."""
+    record = _rdrecord(path)
+    signal = record.p_signal
+    if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
+        raise MalformedFile(f"{path.name}: the record has no samples")
+    units = tuple(unit or _DEFAULT_UNITS for unit in (record.units or [None] * signal.shape[1]))
+    return signal.T, tuple(record.sig_name or []), units
+
+
+# --- Reading ---------------------------------------------------------------------------------
 
 
 def _sampling_rate(header: _Header, path: Path, hints: ReadHints) -> float:
@@ -201,13 +493,23 @@ def _sampling_rate(header: _Header, path: Path, hints: ReadHints) -> float:
     )
 
 
-def _millivolts(record: wfdb.Record, path: Path) -> np.ndarray:
-    signal = record.p_signal
-    if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
+def _millivolts(physical: np.ndarray, units: tuple[str, ...], path: Path) -> np.ndarray:
+    """(n_signals, n_samples) physical values in their header units -> millivolts."""
+    if physical.ndim != 2 or physical.shape[1] == 0:
         raise MalformedFile(f"{path.name}: the record has no samples")
-    units = [unit or "mV" for unit in (record.units or ["mV"] * signal.shape[1])]
+    if len(units) != physical.shape[0]:
+        raise MalformedFile(
+            f"{path.name}: {len(units)} signal units for {physical.shape[0]} signals"
+        )
     factors = np.array([to_millivolts_factor(unit) for unit in units], dtype=np.float64)
-    return np.ascontiguousarray((signal * factors).T, dtype=np.float64)
+    if (factors == 1.0).all() and physical.dtype == np.float64 and physical.flags.c_contiguous:
+        return physical  # already millivolts: x * 1.0 == x, so skip the copy
+    return np.ascontiguousarray(physical * factors[:, None], dtype=np.float64)
+
+
+def _signal_files(path: Path, header: _Header) -> dict[str, Path]:
+    names = dict.fromkeys(spec.file_name for spec in header.signals)
+    return {name: _resolve_signal_file(path.parent, name, path.name) for name in names}
 
 
 class WfdbReader:
@@ -234,20 +536,27 @@ class WfdbReader:
 
     def companions(self, path: Path) -> list[Path]:
         header = _parse_header(_read_header_text(path), path.name)
-        names = dict.fromkeys(spec.file_name for spec in header.signals)
-        return [_resolve_signal_file(path.parent, name, path.name) for name in names]
+        return list(_signal_files(path, header).values())
 
     def read(self, path: Path, hints: ReadHints) -> Recording:
         if path.suffix != ".hea":
             raise MalformedFile(f"{path.name}: a WFDB header must be named <record>.hea")
-        header = _parse_header(_read_header_text(path), path.name)
+        text = _read_header_text(path)
+        header = _parse_header(text, path.name)
         if header.n_segments is not None:
             raise UnsupportedFormat(f"{path.name}: multi-segment WFDB records are not supported")
-        _check_signal_files(path, header, self.companions(path))
+        files = _signal_files(path, header)
+        _check_signal_files(path, header, list(files.values()))
         fs = _sampling_rate(header, path, hints)
-        record = _rdrecord(path)
-        names = tuple(name or f"signal{i + 1}" for i, name in enumerate(record.sig_name or []))
-        signals = _millivolts(record, path)
+        plan = _simple_plan(text, header, files)
+        if plan is not None:
+            physical, sig_names, units = _decode_simple(plan, path.name)
+            decoder = "numpy"
+        else:
+            physical, sig_names, units = _decode_wfdb(path)
+            decoder = "wfdb"
+        signals = _millivolts(physical, units, path)
+        names = tuple(name or f"signal{i + 1}" for i, name in enumerate(sig_names))
         if len(names) != signals.shape[0]:
             raise MalformedFile(
                 f"{path.name}: {len(names)} signal names for {signals.shape[0]} signals"
@@ -260,7 +569,8 @@ class WfdbReader:
             metadata={
                 "n_signals": len(names),
                 "storage_formats": sorted({spec.fmt for spec in header.signals}),
-                "units_in": sorted({unit or "mV" for unit in (record.units or [])}),
+                "units_in": sorted(set(units)),
+                "decoder": decoder,
             },
         )
 
