@@ -9,10 +9,11 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from app import __version__
 from app.api import errors
+from app.api.middleware import RequestMetrics
 from app.api.routes import diagnose, health, labels
 from app.api.state import build_state
 from app.errors import ServiceError
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.set_ready(False)
             await state.scorer.stop()
+            state.diagnose.close()
             state.engine.dispose()
 
     app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
@@ -61,16 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     errors.install(app)
 
-    @app.middleware("http")
-    async def record_request(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", None) or metrics.UNMATCHED_ENDPOINT
-        if endpoint != "/metrics":
-            metrics.record_http_request(endpoint, request.method, response.status_code, time.perf_counter() - started)
-        return response
-
+    app.add_middleware(RequestMetrics)
     app.include_router(health.router)
     app.include_router(diagnose.router)
     app.include_router(labels.router)

@@ -50,6 +50,7 @@ def build_state(settings: Settings) -> ServiceState:
     """Load the model and open the database; raises BundleError with how-to text if no bundle."""
     runtime = load_runtime(settings.bundle_dir, RuntimeOptions(provider=settings.provider,
                                                               intra_op_threads=settings.intra_op_threads,
+                                                              lanes=settings.inference_lanes,
                                                               precision=settings.precision))
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def build_state(settings: Settings) -> ServiceState:
     diagnose = DiagnoseService(
         store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
         default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
-        max_duration_s=settings.max_duration_s,
+        max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
     )
     mb = 1024 * 1024
     limits = UploadLimits(

@@ -90,6 +90,14 @@ class LabelSetVectors:
         self._lru: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._lock = threading.Lock()  # request handlers run in several threads
 
+    def cached(self, label_set: LabelSet, identity: str) -> np.ndarray | None:
+        """The set's vectors if this process holds them already (no database read), else None."""
+        with self._lock:
+            vectors = self._lru.get((identity, label_set.version))
+            if vectors is not None:
+                self._lru.move_to_end((identity, label_set.version))
+            return vectors
+
     def vectors_for_label_set(
         self, label_set: LabelSet, embedder: TextEmbedder
     ) -> tuple[np.ndarray, CacheStats]:

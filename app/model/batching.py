@@ -3,14 +3,22 @@
 Callers ``await batcher.submit(key, item, weight=n)``. One background task per batcher
 waits for the first pending item, then keeps collecting until the pending weight reaches
 ``max_batch_size`` or ``max_wait_s`` has passed since that first item arrived. It takes
-items from the front of the queue while their summed weight fits ``max_batch_size`` (at
+items from the front of the queue while their summed weight fits the batch limit (at
 least one item, so an item heavier than the limit still runs, alone), groups them by
 ``key`` (only items sharing a key - e.g. a label-set version - go into one call) and runs
-``fn(key, items) -> list[result]`` in a ``ThreadPoolExecutor`` so the event loop never
-blocks. Every caller's future gets a result or an exception; none is left hanging.
+``fn(key, items, alone) -> list[result]`` in a ``ThreadPoolExecutor`` so the event loop
+never blocks. Every caller's future gets a result or an exception; none is left hanging.
 
-While all ``executor_threads`` workers are busy the collector does not cut a new batch,
-so requests that arrive meanwhile join the next one (larger batches under load).
+Lanes: up to ``lanes`` calls of ``fn`` run at once. A call runs *alone* (``alone=True``,
+holding every lane, so ``fn`` may use all cores for it) when nothing else is running,
+nothing else is queued and no more work is announced (``upcoming()``, e.g. requests still
+being read); otherwise it takes one lane (``alone=False``: ``fn`` should use its share of
+the cores), and the queue is spread over the free lanes. On a CPU this is what keeps a lone
+request fast (all cores on one call) while, under load, calls never split the cores between
+them (a multi-threaded call whose thread loses its core to other work stalls as a whole).
+
+While every lane is busy the collector does not cut a new batch, so requests that arrive
+meanwhile join the next one (larger batches under load).
 
 Lifecycle (for a FastAPI lifespan): ``start()`` inside the running loop, ``await stop()``
 on shutdown. Nothing is cleaned up in ``__del__``.
@@ -22,8 +30,9 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -51,6 +60,7 @@ class BatchStats:
     run_s: float     # time ``fn`` ran
     key: Hashable
     failed: bool = False
+    alone: bool = True  # the call held every lane
 
 
 @dataclass(eq=False)
@@ -67,11 +77,12 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(
         self,
-        fn: Callable[[Hashable, list[T]], Sequence[R]],
+        fn: Callable[[Hashable, list[T], bool], Sequence[R]],
         *,
         max_batch_size: int,
         max_wait_s: float,
-        executor_threads: int = 1,
+        lanes: int = 1,
+        upcoming: Callable[[], int] | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         name: str = "batcher",
     ) -> None:
@@ -79,12 +90,13 @@ class DynamicBatcher(Generic[T, R]):
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if not max_wait_s >= 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
-        if int(executor_threads) < 1:
-            raise ValueError(f"executor_threads must be >= 1, got {executor_threads}")
+        if int(lanes) < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self._fn = fn
         self.max_batch_size = int(max_batch_size)
         self.max_wait_s = float(max_wait_s)
-        self.executor_threads = int(executor_threads)
+        self.lanes = int(lanes)
+        self._upcoming = upcoming or (lambda: 0)
         self._on_batch = on_batch
         self.name = name
         self._pending: deque[_Pending] = deque()
@@ -92,6 +104,7 @@ class DynamicBatcher(Generic[T, R]):
         self._unresolved: set[_Pending] = set()
         self._inflight: set[asyncio.Task] = set()
         self._inflight_items = 0
+        self._running_calls = 0  # batches holding lanes (counted until their lanes are released)
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
         self._collector: asyncio.Task | None = None
@@ -130,10 +143,8 @@ class DynamicBatcher(Generic[T, R]):
             raise RuntimeError(f"{self.name}: stop() is still in progress")
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(self.executor_threads)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.executor_threads, thread_name_prefix=f"{self.name}-worker"
-        )
+        self._slots = asyncio.Semaphore(self.lanes)
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.name}-worker")
         self._stopping = False
         self._collector = self._loop.create_task(self._collect(), name=f"{self.name}-collector")
 
@@ -242,10 +253,15 @@ class DynamicBatcher(Generic[T, R]):
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except (TimeoutError, asyncio.TimeoutError):
                         break
-                batch = self._cut()
+                alone = self._runs_alone()
+                batch = self._cut(self.max_batch_size if alone else self._share_limit())
                 if not batch:
                     continue  # all cancelled; the finally releases the slot
-                task = loop.create_task(self._run_batch(batch), name=f"{self.name}-batch")
+                if alone:  # nothing is running, so the other lanes are free: take them all
+                    for _ in range(self.lanes - 1):
+                        await self._slots.acquire()
+                self._running_calls += 1
+                task = loop.create_task(self._run_batch(batch, alone), name=f"{self.name}-batch")
                 self._inflight.add(task)
                 self._inflight_items += len(batch)
                 task.add_done_callback(self._inflight.discard)
@@ -254,8 +270,19 @@ class DynamicBatcher(Generic[T, R]):
                 if not released:
                     self._slots.release()
 
-    def _cut(self) -> list[_Pending]:
-        """Take items from the front while the summed weight fits (at least one)."""
+    def _runs_alone(self) -> bool:
+        """Nothing running, everything queued fits this batch and no more work is announced."""
+        if self.lanes == 1:
+            return True
+        return self._running_calls == 0 and self._pending_weight <= self.max_batch_size and self._upcoming() <= 0
+
+    def _share_limit(self) -> int:
+        """The queue spread evenly over the free lanes (this one included)."""
+        free = max(1, self.lanes - self._running_calls)
+        return max(1, min(self.max_batch_size, -(-self._pending_weight // free)))
+
+    def _cut(self, limit: int) -> list[_Pending]:
+        """Take items from the front while the summed weight fits ``limit`` (at least one)."""
         batch: list[_Pending] = []
         weight = 0
         while self._pending:
@@ -264,33 +291,35 @@ class DynamicBatcher(Generic[T, R]):
                 self._pending.popleft()
                 self._pending_weight -= rec.weight
                 continue
-            if batch and weight + rec.weight > self.max_batch_size:
+            if batch and weight + rec.weight > limit:
                 break
             self._pending.popleft()
             self._pending_weight -= rec.weight
             batch.append(rec)
             weight += rec.weight
-            if weight >= self.max_batch_size:
+            if weight >= limit:
                 break
         return batch
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
+    async def _run_batch(self, batch: list[_Pending], alone: bool) -> None:
         assert self._slots is not None
         try:
             groups: dict[Hashable, list[_Pending]] = {}
             for rec in batch:
                 groups.setdefault(rec.key, []).append(rec)
             for key, recs in groups.items():
-                await self._run_group(key, recs)
+                await self._run_group(key, recs, alone)
         finally:
             self._inflight_items -= len(batch)
-            self._slots.release()
+            self._running_calls -= 1
+            for _ in range(self.lanes if alone else 1):
+                self._slots.release()
             err = ModelNotReady(f"{self.name}: the batch was abandoned before it finished")
             for rec in batch:  # never leave a caller hanging (e.g. cancelled by stop())
                 if not rec.future.done():
                     rec.future.set_exception(err)
 
-    async def _run_group(self, key: Hashable, recs: list[_Pending]) -> None:
+    async def _run_group(self, key: Hashable, recs: list[_Pending], alone: bool) -> None:
         live = [r for r in recs if not r.future.done()]
         if not live:
             return
@@ -302,7 +331,7 @@ class DynamicBatcher(Generic[T, R]):
         failed = False
         try:
             results = await loop.run_in_executor(
-                self._executor, self._fn, key, [r.item for r in live]
+                self._executor, self._fn, key, [r.item for r in live], alone
             )
         except asyncio.CancelledError:
             raise
@@ -330,11 +359,40 @@ class DynamicBatcher(Generic[T, R]):
         run_s = time.perf_counter() - t0
         if self._on_batch is not None:
             stats = BatchStats(size=sum(r.weight for r in live), items=len(live),
-                               wait_s=wait_s, run_s=run_s, key=key, failed=failed)
+                               wait_s=wait_s, run_s=run_s, key=key, failed=failed, alone=alone)
             try:
                 self._on_batch(stats)
             except Exception:  # metrics must not break serving
                 log.exception("%s: on_batch callback failed", self.name)
+
+
+class IncomingWork:
+    """Work on its way to a batcher, e.g. requests whose upload is still being read.
+
+    ``with incoming.expect() as arrived: ... arrived()`` counts one item from the ``with``
+    until ``arrived()`` (or the end of the block, whichever is first). Pass ``incoming.count``
+    as a batcher's ``upcoming`` so that a batch does not take every lane while more work is
+    about to arrive. Used from the event loop thread only (no locking).
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @contextmanager
+    def expect(self) -> Iterator[Callable[[], None]]:
+        self.count += 1
+        pending = True
+
+        def arrived() -> None:
+            nonlocal pending
+            if pending:
+                pending = False
+                self.count -= 1
+
+        try:
+            yield arrived
+        finally:
+            arrived()
 
 
 def _count(results: Any) -> int | None:
@@ -346,4 +404,4 @@ def _count(results: Any) -> int | None:
         return None
 
 
-__all__ = ["BatchError", "BatchStats", "DynamicBatcher"]
+__all__ = ["BatchError", "BatchStats", "DynamicBatcher", "IncomingWork"]

@@ -36,6 +36,7 @@ class RuntimeOptions:
     provider: ProviderChoice = "auto"
     intra_op_threads: int = 0  # 0: one per core (os.cpu_count())
     inter_op_threads: int = 1
+    lanes: int = 0  # ecg_tqn calls that may run at once, each on intra_op_threads // lanes threads (0: auto)
     optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
     precision: Precision = "fp32"  # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
 
@@ -85,10 +86,15 @@ class ModelRuntime:
         cache_dir = options.optimized_model_dir or (bundle.root / "optimized")
         self._sessions: dict[str, ort.InferenceSession] = {}
         precision, tqn_path = self._tqn_file(bundle, options.precision, requested)
+        threads = options.intra_op_threads or (os.cpu_count() or 1)
         for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER):
             path = tqn_path if name == B.ECG_TQN else bundle.path(name)
-            self._sessions[name] = self._session(path, requested, Path(cache_dir))
+            self._sessions[name] = self._session(path, requested, Path(cache_dir), threads)
         in_use = self._sessions[B.ECG_TQN].get_providers()[0]
+        self.lanes = resolve_lanes(options.lanes, in_use, threads)
+        # one more ecg_tqn session for calls that share the cores with other calls (see score)
+        self._shared_tqn = (self._session(tqn_path, requested, Path(cache_dir), max(1, threads // self.lanes))
+                            if self.lanes > 1 else self._sessions[B.ECG_TQN])
         self._label_width = next(i.shape[-1] for i in self._sessions[B.ECG_TQN].get_inputs() if i.name == "label_features")
         m = bundle.manifest
         self.info = ModelInfo(
@@ -145,14 +151,14 @@ class ModelRuntime:
                               "fidelity bounds)")
         return precision, path
 
-    def _session(self, path: Path, providers: list[str], cache_dir: Path):
+    def _session(self, path: Path, providers: list[str], cache_dir: Path, threads: int):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # 0 means one thread per core, set explicitly: ONNX Runtime's own default measured
+        # set explicitly (one per core by default): ONNX Runtime's own default measured
         # ~1.8x slower at batch 1 on the 2-core reference machine (benchmarks/results)
-        so.intra_op_num_threads = self.options.intra_op_threads or (os.cpu_count() or 1)
+        so.intra_op_num_threads = threads
         so.inter_op_num_threads = self.options.inter_op_threads
         # keyed by the provider that really runs and the ONNX Runtime version: optimised graphs
         # may hold provider- and version-specific fused operators
@@ -212,15 +218,24 @@ class ModelRuntime:
         assert out is not None
         return out
 
-    def score(self, windows: np.ndarray, label_vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32)."""
+    def score(self, windows: np.ndarray, label_vectors: np.ndarray, *, alone: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32).
+
+        ``alone``: no other score call runs meanwhile, so this one uses every intra-op thread.
+        With ``alone=False`` it runs on the session with ``intra_op_threads // lanes`` threads:
+        up to ``lanes`` such calls then share the cores without any of them spreading over
+        cores that another call (or the service's own Python work) is using. ONNX Runtime's
+        parallel loops wait for their slowest thread, so a call whose thread loses its core
+        stalls as a whole (benchmarks/README.md, "lanes").
+        """
         windows = self._check_windows(windows)
         if label_vectors.ndim != 2 or len(label_vectors) == 0:
             raise InvalidInput("at least one label is needed to score an ECG")
         width = self._label_width
         if isinstance(width, int) and label_vectors.shape[1] != width:
             raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
-        probs, attention = self._sessions[B.ECG_TQN].run(
+        session = self._sessions[B.ECG_TQN] if alone else self._shared_tqn
+        probs, attention = session.run(
             None, {"ecg": windows, "label_features": np.ascontiguousarray(label_vectors, dtype=np.float32)}
         )
         return probs, attention
@@ -234,6 +249,17 @@ class ModelRuntime:
         if windows.ndim != 3 or windows.shape[1:] != (12, 1000):
             raise InvalidInput(f"model input must be (B, 12, 1000), got {tuple(windows.shape)}")
         return np.ascontiguousarray(windows, dtype=np.float32)
+
+
+def resolve_lanes(lanes: int, provider: str, threads: int) -> int:
+    """``lanes`` as configured, or auto (0): two on a CPU with at least two threads, else one.
+
+    On CUDA the device serialises the work of concurrent calls, so one lane (one session) is
+    used unless more are asked for explicitly.
+    """
+    if lanes > 0:
+        return min(lanes, threads) if provider == CPU else lanes
+    return 2 if provider == CPU and threads >= 2 else 1
 
 
 def load_runtime(bundle_dir: Path, options: RuntimeOptions = RuntimeOptions()) -> ModelRuntime:

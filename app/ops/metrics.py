@@ -125,6 +125,11 @@ INFERENCE_BATCH_SIZE = Histogram(
     "ECG windows per inference batch sent to the model.",
     buckets=BATCH_SIZE_BUCKETS,
 )
+INFERENCE_CALLS = Counter(
+    "ecgfm_inference_calls",
+    "Model calls, by cores: 'all' (ran alone on every core) or 'shared' (one lane of several, under load).",
+    ["cores"],
+)
 REQUEST_ECGS = Histogram(
     "ecgfm_request_ecgs",
     "ECG recordings per /diagnose call.",
@@ -174,6 +179,7 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "ecgfm_http_request_duration_seconds",
         "ecgfm_stage_duration_seconds",
         "ecgfm_inference_batch_size",
+        "ecgfm_inference_calls",
         "ecgfm_request_ecgs",
         "ecgfm_label_count",
         "ecgfm_embedding_cache",
@@ -320,9 +326,10 @@ def time_stage(stage: str) -> Iterator[None]:
         observe_stage(stage, time.perf_counter() - start)
 
 
-def observe_inference_batch(windows: int) -> None:
-    """ECG windows in one batch sent to the model."""
+def observe_inference_batch(windows: int, *, alone: bool = True) -> None:
+    """ECG windows in one batch sent to the model, and whether the call had every core."""
     INFERENCE_BATCH_SIZE.observe(_count(windows, "windows"))
+    INFERENCE_CALLS.labels(cores="all" if alone else "shared").inc()
 
 
 def observe_request_ecgs(n: int) -> None:

@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
@@ -39,6 +41,7 @@ from app.usecases.explain import (
 from app.usecases.scoring import RuntimeEmbedder, Scorer
 
 ADHOC_SET = "adhoc"
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,14 @@ def _out_of_range(index: int) -> UnsupportedSignal:
 
 
 class DiagnoseService:
+    """Runs its CPU-bound request work (reading uploads, label-set lookup, preprocessing) on
+    ``request_threads`` worker threads, one by default: that work holds the GIL, so more
+    threads only contend for it (measured at 16 concurrent requests on 2 cores: one thread
+    halved the service's CPU per request). The event loop stays free for health checks."""
+
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
-                 model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float) -> None:
+                 model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float,
+                 request_threads: int = 1) -> None:
         self.store = store
         self.label_sets = LabelSetReader(store)
         self.vectors = vectors
@@ -111,11 +120,22 @@ class DiagnoseService:
         self.default_label_set = default_label_set
         self.max_labels = max_labels
         self.max_duration_s = max_duration_s
+        self._request_work = ThreadPoolExecutor(max_workers=request_threads, thread_name_prefix="request-work")
+
+    def close(self) -> None:
+        self._request_work.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
+        return await asyncio.get_running_loop().run_in_executor(self._request_work, fn, *args)
+
+    async def read_uploads(self, files: list[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
+                           hints: ReadHints) -> list[EcgSource]:
+        return await self._off_loop(read_uploaded_ecgs, files, limits, hints)
 
     # --- panel -------------------------------------------------------------------------------
 
-    def resolve_panel(self, options: DiagnoseOptions) -> Panel:
-        """The label set named (or the explicit labels, in order) with their cached vectors."""
+    def label_set_for(self, options: DiagnoseOptions) -> LabelSet:
+        """The label set named (or the explicit labels, in order), checked against the limits."""
         if options.labels and options.label_set:
             raise InvalidInput("give either a label set or explicit labels, not both")
         if options.labels:
@@ -127,27 +147,56 @@ class DiagnoseService:
             label_set = self.label_sets.get(options.label_set or self.default_label_set)
         if len(label_set.labels) > self.max_labels:
             raise InvalidInput(f"{len(label_set.labels)} labels requested; the limit is {self.max_labels}")
+        return label_set
+
+    def panel_for(self, label_set: LabelSet) -> Panel:
+        """The set with its vectors, embedding the texts not cached yet (seconds for many texts)."""
         vectors, stats = self.vectors.vectors_for_label_set(label_set, self.embedder)
         metrics.record_embedding_cache(hits=stats.hits, misses=stats.misses)
         return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
 
+    def _cached_panel(self, label_set: LabelSet) -> Panel | None:
+        vectors = self.vectors.cached(label_set, self.embedder.identity)
+        if vectors is None:
+            return None
+        metrics.record_embedding_cache(hits=len(vectors), misses=0)
+        return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
+
+    def _prepare(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
+                 submitted: float) -> tuple[LabelSet, Panel | None, list[ModelInput]]:
+        """Label set (with its vectors when they are in memory) and model input, in one trip to
+        the request worker thread. Waiting for that thread is counted in the preprocess stage."""
+        t = time.perf_counter()
+        label_set = self.label_set_for(options)
+        panel = self._cached_panel(label_set)
+        timings.since("embed", t)
+        waited = t - submitted
+        t = time.perf_counter()
+        inputs = [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s) for s in sources]
+        timings.add("preprocess", time.perf_counter() - t + waited)
+        return label_set, panel, inputs
+
     # --- the whole flow --------------------------------------------------------------------
 
-    async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings) -> dict[str, Any]:
-        t = time.perf_counter()
-        panel = await asyncio.to_thread(self.resolve_panel, options)
-        timings.since("embed", t)
+    def expect_request(self) -> AbstractContextManager[Callable[[], None]]:
+        """Announce a request before its upload is read, so that the model does not give every
+        core to one batch while more requests are about to need them (see app.model.batching).
+        ``diagnose(..., arrived=...)`` ends the announcement when the request reaches the model."""
+        return self.scorer.incoming.expect()
 
-        t = time.perf_counter()
-        inputs: list[ModelInput] = await asyncio.to_thread(
-            lambda: [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s) for s in sources]
-        )
-        timings.since("preprocess", t)
+    async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
+                       arrived: Callable[[], None] = lambda: None) -> dict[str, Any]:
+        label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, timings, time.perf_counter())
+        if panel is None:  # vectors not in memory: embedding may take seconds, so not on the request thread
+            t = time.perf_counter()
+            panel = await asyncio.to_thread(self.panel_for, label_set)
+            timings.since("embed", t)
         for i, mi in enumerate(inputs):
             if not np.isfinite(mi.windows).all():
                 raise _out_of_range(i)
 
         key = f"{self.embedder.identity}:{panel.version}"
+        arrived()
         scored = await asyncio.gather(*(self.scorer.score(key, mi.windows, panel.vectors) for mi in inputs))
         for i, sc in enumerate(scored):
             if not (np.isfinite(sc.probabilities).all() and np.isfinite(sc.attention).all()):

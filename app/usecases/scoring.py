@@ -2,7 +2,9 @@
 
 Requests that share a panel (same label-set version, hence the same label vectors) are
 scored in one ``ModelRuntime.score`` call; the call runs in a worker thread so the event
-loop (health checks, metrics) stays responsive while the model is busy.
+loop (health checks, metrics) stays responsive while the model is busy. Up to
+``runtime.lanes`` calls run at once under load; a call with nothing else running, queued
+or on its way (``incoming``) uses every core (see app.model.batching).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.model.batching import BatchStats, DynamicBatcher
+from app.model.batching import BatchStats, DynamicBatcher, IncomingWork
 from app.model.runtime import ModelRuntime
 from app.ops import metrics
 
@@ -45,8 +47,10 @@ class Scored:
 class Scorer:
     def __init__(self, runtime: ModelRuntime, *, max_batch_size: int, max_wait_s: float) -> None:
         self.runtime = runtime
+        self.incoming = IncomingWork()
         self._batcher: DynamicBatcher[ScoreJob, tuple[np.ndarray, np.ndarray, float]] = DynamicBatcher(
-            self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, on_batch=self._on_batch, name="scorer"
+            self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, lanes=runtime.lanes,
+            upcoming=lambda: self.incoming.count, on_batch=self._on_batch, name="scorer",
         )
 
     def start(self) -> None:
@@ -59,10 +63,10 @@ class Scorer:
     def queue_depth(self) -> int:
         return self._batcher.queue_depth
 
-    def _run(self, _key: str, jobs: list[ScoreJob]) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def _run(self, _key: str, jobs: list[ScoreJob], alone: bool) -> list[tuple[np.ndarray, np.ndarray, float]]:
         started = time.perf_counter()
         windows = jobs[0].windows if len(jobs) == 1 else np.concatenate([j.windows for j in jobs])
-        probs, attention = self.runtime.score(windows, jobs[0].vectors)
+        probs, attention = self.runtime.score(windows, jobs[0].vectors, alone=alone)
         elapsed = time.perf_counter() - started
         out, offset = [], 0
         for job in jobs:
@@ -73,7 +77,7 @@ class Scorer:
 
     @staticmethod
     def _on_batch(stats: BatchStats) -> None:
-        metrics.observe_inference_batch(stats.size)
+        metrics.observe_inference_batch(stats.size, alone=stats.alone)
 
     async def score(self, panel_key: str, windows: np.ndarray, vectors: np.ndarray) -> Scored:
         submitted = time.perf_counter()

@@ -135,3 +135,17 @@ def test_label_set_vectors_use_text_for_encoder_and_lru(
 
     other, _ = sets.vectors_for_label_set(store.get_label_set("panel"), HashEmbedder("other"))
     assert not np.array_equal(other, edited)
+
+
+def test_cached_answers_only_from_memory(store: KnowledgeStore, engine: Engine, embedder: HashEmbedder) -> None:
+    store.create_label(draft("sinus rhythm", encode_text="name"))
+    store.create_label_set(LabelSetDraft("panel", "", ("sinus rhythm",)))
+    panel = store.get_label_set("panel")
+    cache = EmbeddingCache(engine)
+    cache.vectors_for(["sinus rhythm"], embedder)  # in the database, not yet in this LRU
+    sets = LabelSetVectors(cache)
+    assert sets.cached(panel, embedder.identity) is None
+    vectors, _ = sets.vectors_for_label_set(panel, embedder)
+    assert sets.cached(panel, embedder.identity) is vectors
+    assert sets.cached(panel, "another-encoder") is None
+    assert len(embedder.calls) == 1  # cached() never embeds

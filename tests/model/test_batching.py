@@ -14,7 +14,7 @@ import time
 import pytest
 
 from app.errors import ModelNotReady
-from app.model.batching import BatchError, BatchStats, DynamicBatcher
+from app.model.batching import BatchError, BatchStats, DynamicBatcher, IncomingWork
 
 LIMIT = 10.0  # upper bound for any await in a test
 
@@ -32,7 +32,7 @@ class Recorder:
         self.delay = delay
         self.lock = threading.Lock()
 
-    def __call__(self, key, items):
+    def __call__(self, key, items, alone=True):
         with self.lock:
             self.calls.append((key, list(items)))
             self.threads.add(threading.current_thread().name)
@@ -89,7 +89,7 @@ def test_different_keys_never_share_a_call():
 
 
 def test_exception_in_fn_reaches_every_caller_and_batcher_keeps_serving():
-    def fn(key, items):
+    def fn(key, items, alone=True):
         if key == "bad":
             raise ValueError("model exploded")
         return [i + 1 for i in items]
@@ -107,7 +107,7 @@ def test_exception_in_fn_reaches_every_caller_and_batcher_keeps_serving():
 
 
 def test_wrong_result_count_fails_that_batch_with_clear_error():
-    def fn(key, items):
+    def fn(key, items, alone=True):
         return [0] * (len(items) - 1) if key == "short" else list(items)
 
     stats: list[BatchStats] = []
@@ -150,7 +150,7 @@ def test_event_loop_stays_responsive_while_fn_runs():
 def test_stop_leaves_no_pending_future_unresolved():
     release = threading.Event()
 
-    def fn(key, items):
+    def fn(key, items, alone=True):
         release.wait(5)
         return list(items)
 
@@ -233,3 +233,111 @@ def test_submit_before_start_and_bad_arguments():
     run(main())
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatcher(Recorder(), max_batch_size=0, max_wait_s=0.1)
+    with pytest.raises(ValueError, match="lanes"):
+        DynamicBatcher(Recorder(), max_batch_size=2, max_wait_s=0.1, lanes=0)
+
+
+# --- lanes ----------------------------------------------------------------------------------
+
+
+class LaneRecorder:
+    """A fn that records (items, alone) per call and the most calls that overlapped."""
+
+    def __init__(self, delay: float = 0.0, gate: threading.Event | None = None):
+        self.calls: list[tuple[list, bool]] = []
+        self.running = 0
+        self.most_running = 0
+        self.delay = delay
+        self.gate = gate
+        self.lock = threading.Lock()
+
+    def __call__(self, key, items, alone):
+        with self.lock:
+            self.calls.append((list(items), alone))
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.delay:
+            time.sleep(self.delay)
+        with self.lock:
+            self.running -= 1
+        return [i * 10 for i in items]
+
+
+def test_one_lane_always_runs_alone():
+    fn = LaneRecorder()
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.0, upcoming=lambda: 5) as b:
+            return await asyncio.gather(*(b.submit("k", i) for i in range(6)))
+
+    assert run(main()) == [i * 10 for i in range(6)]
+    assert all(alone for _, alone in fn.calls)
+
+
+def test_lone_request_with_nothing_announced_takes_every_lane():
+    fn = LaneRecorder()
+    incoming = IncomingWork()
+    stats: list[BatchStats] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=8, max_wait_s=0.0, lanes=2, upcoming=lambda: incoming.count,
+                                  on_batch=stats.append) as b:
+            first = await b.submit("k", 1)
+            with incoming.expect():  # another request is on its way: the lone one shares
+                second = await b.submit("k", 2)
+            return first, second
+
+    assert run(main()) == (10, 20)
+    assert fn.calls == [([1], True), ([2], False)]
+    assert [s.alone for s in stats] == [True, False]
+
+
+def test_lanes_spread_the_queue_and_run_at_once():
+    fn = LaneRecorder(delay=0.1)
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=16, max_wait_s=0.05, lanes=2, upcoming=lambda: 1) as b:
+            return await asyncio.gather(*(b.submit("k", i) for i in range(8)))
+
+    assert run(main()) == [i * 10 for i in range(8)]
+    assert sorted(len(items) for items, _ in fn.calls) == [4, 4]  # 8 queued over 2 free lanes
+    assert not any(alone for _, alone in fn.calls)
+    assert fn.most_running == 2
+
+
+def test_a_call_running_alone_holds_every_lane():
+    gate = threading.Event()
+    fn = LaneRecorder(gate=gate)
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.0, lanes=2) as b:
+            first = asyncio.ensure_future(b.submit("k", 1))
+            await asyncio.sleep(0.05)  # running alone, blocked on the gate
+            second = asyncio.ensure_future(b.submit("k", 2))
+            await asyncio.sleep(0.05)
+            waiting = b.queue_depth  # not started although a lane would otherwise be free
+            gate.set()
+            return await first, await second, waiting
+
+    first, second, waiting = run(main())
+    assert (first, second, waiting) == (10, 20, 1)
+    assert fn.most_running == 1
+    assert fn.calls[0] == ([1], True)
+
+
+def test_incoming_work_counts_until_arrival_or_exit():
+    incoming = IncomingWork()
+    with incoming.expect() as arrived:
+        with incoming.expect():
+            assert incoming.count == 2
+        assert incoming.count == 1
+        arrived()
+        arrived()  # idempotent
+        assert incoming.count == 0
+    assert incoming.count == 0
+    with pytest.raises(RuntimeError):
+        with incoming.expect():
+            raise RuntimeError("upload refused")
+    assert incoming.count == 0

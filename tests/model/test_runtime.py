@@ -12,7 +12,7 @@ import pytest
 
 from app.errors import BundleError, InvalidInput
 from app.model import bundle as B
-from app.model.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime
+from app.model.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime, resolve_lanes
 
 
 def cuda_usable() -> bool:
@@ -129,3 +129,27 @@ def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path
     (partial / B.MANIFEST).write_text((small_bundle / B.MANIFEST).read_text())
     with pytest.raises(BundleError, match="cannot load ecg_tqn.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
+
+
+def test_shared_lane_session_scores_like_the_full_one(small_bundle, tmp_path, real_windows) -> None:
+    rt = load_runtime(small_bundle, RuntimeOptions(provider="cpu", intra_op_threads=2, lanes=2,
+                                                   optimized_model_dir=tmp_path / "opt"))
+    assert rt.lanes == 2 and rt._shared_tqn is not rt._sessions[B.ECG_TQN]
+    assert rt._sessions[B.ECG_TQN].get_session_options().intra_op_num_threads == 2
+    assert rt._shared_tqn.get_session_options().intra_op_num_threads == 1  # 2 threads over 2 lanes
+    labels = np.random.default_rng(2).standard_normal((9, 768)).astype(np.float32)
+    p_all, a_all = rt.score(real_windows[:3], labels, alone=True)
+    p_shared, a_shared = rt.score(real_windows[:3], labels, alone=False)
+    assert np.abs(p_all - p_shared).max() <= 1e-6 and np.abs(a_all - a_shared).max() <= 1e-6
+    one = load_runtime(small_bundle, RuntimeOptions(provider="cpu", intra_op_threads=2, lanes=1,
+                                                    optimized_model_dir=tmp_path / "opt"))
+    assert one.lanes == 1 and one._shared_tqn is one._sessions[B.ECG_TQN]
+
+
+@pytest.mark.parametrize(("lanes", "provider", "threads", "expected"), [
+    (0, CPU, 2, 2), (0, CPU, 16, 2), (0, CPU, 1, 1), (0, CUDA, 16, 1),  # auto
+    (3, CPU, 2, 2),  # never more lanes than threads on a CPU
+    (1, CPU, 8, 1), (2, CUDA, 4, 2),  # as asked
+])
+def test_lanes_resolution(lanes, provider, threads, expected) -> None:
+    assert resolve_lanes(lanes, provider, threads) == expected

@@ -86,8 +86,8 @@ def feed_all_metrics(round_no: int) -> None:
         m.observe_stage(stage, seconds * round_no)
     with m.time_stage("parse"):
         time.sleep(0.002)
-    for size in (1, 8, 32):
-        m.observe_inference_batch(size)
+    for size, alone in ((1, True), (8, False), (32, False)):
+        m.observe_inference_batch(size, alone=alone)
     m.observe_request_ecgs(3)
     m.observe_label_count(26)
     m.observe_label_count(71)

@@ -196,6 +196,7 @@ def test_multiprocess_render_sums_workers(tmp_path: Path) -> None:
     assert s[key("ecgfm_inference_batch_size_count")] == 5
     assert s[key("ecgfm_inference_batch_size_bucket", le="8.0")] == 5
     assert s[key("ecgfm_inference_batch_size_bucket", le="4.0")] == 0
+    assert s[key("ecgfm_inference_calls_total", cores="all")] == 5
     assert s[key("ecgfm_errors_total", code="malformed_file")] == 2
     assert s[key("ecgfm_ecgs_total", source_format="wfdb")] == 5
     assert s[key("ecgfm_embedding_cache_total", result="hit")] == 5

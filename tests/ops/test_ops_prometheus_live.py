@@ -128,6 +128,7 @@ def test_query_values_match_what_was_recorded(scraped: Scraped, scrape_target) -
     assert grown("ecgfm_inference_batch_size_count") == {"": 3.0}
     assert grown("ecgfm_inference_batch_size_sum") == {"": 41.0}
     assert grown('ecgfm_inference_batch_size_bucket{le="8.0"}') == {"": 2.0}
+    assert grown("ecgfm_inference_calls_total", "cores") == {"all": 1.0, "shared": 2.0}
     assert grown('ecgfm_label_count_bucket{le="26.0"}') == {"": 1.0}
     assert grown("ecgfm_request_ecgs_count") == {"": 1.0}
 

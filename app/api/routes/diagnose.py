@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Literal
@@ -19,7 +18,7 @@ from app.ecg.readers.arrays import recording_from_arrays
 from app.ecg.readers.base import ReadHints
 from app.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
 from app.ops import metrics
-from app.usecases.diagnose import DiagnoseOptions, EcgSource, Timings, read_uploaded_ecgs
+from app.usecases.diagnose import DiagnoseOptions, EcgSource, Timings
 
 FHIR_JSON = "application/fhir+json"
 ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 415, 422, 503)}
@@ -50,9 +49,24 @@ async def _upload_sources(request: Request, state: ServiceState, hints: ReadHint
         if not uploads:
             raise InvalidInput("the multipart form has no file; send the ECG file(s) as form field 'files'")
         files = [(u.filename or "upload", u.file) for u in uploads]
-        return await asyncio.to_thread(read_uploaded_ecgs, files, state.limits, hints)
+        return await state.diagnose.read_uploads(files, state.limits, hints)
     finally:
         await form.close()
+
+
+async def _read_sources(request: Request, state: ServiceState, sampling_rate: float | None, units: str | None,
+                        lead_names: str | None) -> list[EcgSource]:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/json":
+        return await _json_sources(request)
+    if content_type == "multipart/form-data":
+        hints = ReadHints(sampling_rate=sampling_rate, units=units,
+                          lead_names=tuple(n.strip() for n in lead_names.split(",")) if lead_names else None)
+        return await _upload_sources(request, state, hints)
+    raise UnsupportedFormat(
+        f"content type {content_type or '(none)'!r} is not accepted; send multipart/form-data with ECG files "
+        "or application/json with lead arrays"
+    )
 
 
 @router.post(
@@ -83,26 +97,14 @@ async def diagnose(
     timings = Timings()
     settings = state.settings
     _check_size(request, int(settings.max_request_mb * 1024 * 1024))
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    t = time.perf_counter()
-    if content_type == "application/json":
-        sources = await _json_sources(request)
-    elif content_type == "multipart/form-data":
-        hints = ReadHints(sampling_rate=sampling_rate, units=units,
-                          lead_names=tuple(n.strip() for n in lead_names.split(",")) if lead_names else None)
-        sources = await _upload_sources(request, state, hints)
-    else:
-        raise UnsupportedFormat(
-            f"content type {content_type or '(none)'!r} is not accepted; send multipart/form-data with ECG files "
-            "or application/json with lead arrays"
-        )
-    if len(sources) > settings.max_ecgs_per_request:
-        raise InvalidInput(f"{len(sources)} ECGs in one request; the limit is {settings.max_ecgs_per_request}")
-    timings.since("parse", t)
-
-    options = DiagnoseOptions(label_set=label_set, labels=tuple(labels or ()), top_k=top_k, threshold=threshold,
-                              pad=pad, aggregation=aggregation, include_windows=include_windows)
-    response = await state.diagnose.diagnose(sources, options, timings)
+    with state.diagnose.expect_request() as arrived:
+        sources = await _read_sources(request, state, sampling_rate, units, lead_names)
+        if len(sources) > settings.max_ecgs_per_request:
+            raise InvalidInput(f"{len(sources)} ECGs in one request; the limit is {settings.max_ecgs_per_request}")
+        timings.since("parse", timings.started)
+        options = DiagnoseOptions(label_set=label_set, labels=tuple(labels or ()), top_k=top_k, threshold=threshold,
+                                  pad=pad, aggregation=aggregation, include_windows=include_windows)
+        response = await state.diagnose.diagnose(sources, options, timings, arrived)
     metrics.observe_stage("total", time.perf_counter() - timings.started)
     if FHIR_JSON in request.headers.get("accept", ""):
         return JSONResponse(to_fhir_bundle(response), media_type=FHIR_JSON)
