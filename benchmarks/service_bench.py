@@ -348,6 +348,36 @@ def bench_eager(checkpoint: Path | None, windows: np.ndarray, vectors: np.ndarra
     return out
 
 
+def best_floor(measured: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per configuration, the fastest of several floor measurements (all kept under ``runs``)."""
+    best: dict[str, Any] = {"runs": measured}
+    for key, value in measured[0].items():
+        if isinstance(value, dict) and "median_ms" in value:
+            best[key] = min((m[key] for m in measured), key=lambda v: v["median_ms"])
+        else:
+            best[key] = value
+    return best
+
+
+def floor_in_fresh_process(kind: str, bundle: Path, checkpoint: Path | None, windows: np.ndarray,
+                           vectors: np.ndarray, repeats: int) -> dict[str, Any]:
+    """Run a floor (``onnx`` or ``eager``) in its own Python process, as the service runs in its own.
+
+    Measured in this long-lived process (after building inputs, driving the service, ...) the
+    same ONNX Runtime calls ran 10-25 % slower than in a fresh one on the reference machine,
+    which would flatter the service: a fresh process is the fair comparison.
+    """
+    with tempfile.TemporaryDirectory(prefix="ecgfm-bench-floor-") as tmp:
+        inputs = Path(tmp) / "inputs.npz"
+        np.savez(inputs, windows=windows, vectors=vectors)
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure-floor", kind, "--inputs", str(inputs),
+               "--bundle", str(bundle), "--repeats", str(repeats)]
+        if checkpoint is not None:
+            cmd += ["--checkpoint", str(checkpoint)]
+        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, check=True)
+    return json.loads(done.stdout)
+
+
 def bench_tuning(bundle: Path, windows: np.ndarray, vectors: np.ndarray, repeats: int) -> dict[str, Any]:
     """intra-op 1 vs 2 threads, sequential vs parallel execution, plain run vs IOBinding."""
     import onnxruntime as ort
@@ -483,7 +513,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32", help="ECGFM_PRECISION for the server")
     p.add_argument("--ready-timeout", type=float, default=300.0)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--measure-floor", choices=["onnx", "eager"], help=argparse.SUPPRESS)  # internal: one floor,
+    p.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)  # in a fresh process, JSON on stdout
     args = p.parse_args(argv)
+    if args.measure_floor:
+        data = np.load(args.inputs)
+        windows, vectors, repeats = data["windows"], data["vectors"], args.repeats or 10
+        if args.measure_floor == "onnx":
+            floor = bench_onnx_floor(args.bundle, windows, vectors, repeats)
+        else:
+            floor = bench_eager(args.checkpoint, windows, vectors, repeats)
+        print(json.dumps(floor))
+        return 0
     n_requests = args.requests
     repeats = args.repeats or (3 if args.quick else 10)
 
@@ -505,20 +546,32 @@ def main(argv: list[str] | None = None) -> int:
         import onnxruntime
 
         result["machine"]["onnxruntime"] = onnxruntime.__version__
-        if "service" not in args.skip:
-            result["service"] = bench_service(bundle, records, args.concurrency, n_requests, args.quick, args.rounds,
-                                              warmup=2 if args.quick else 8,
-                                              env_extra={"ECGFM_PRECISION": args.precision},
-                                              ready_timeout=args.ready_timeout)
         windows = record_windows(records[: args.fidelity_records])
         from app.model.runtime import RuntimeOptions, load_runtime
 
         vectors = load_runtime(bundle, RuntimeOptions(provider="cpu")).embed_texts(label_texts())
         result["inputs"] = {"windows": int(len(windows)), "labels": int(len(vectors))}
-        if "onnx" not in args.skip:
-            result["onnx_floor"] = bench_onnx_floor(bundle, windows, vectors, repeats)
-        if "eager" not in args.skip:
-            result["eager"] = bench_eager(args.checkpoint, windows, vectors, repeats)
+        # The floors are measured twice, in fresh processes before and after the service, and the
+        # faster of the two is kept: on the reference VM the same 2-thread ONNX Runtime call varied
+        # by up to 20 % from one minute to the next, and the best raw figure is the strict target.
+        floors: dict[str, list[dict[str, Any]]] = {"onnx": [], "eager": []}
+
+        def measure_floors() -> None:
+            for kind in floors:
+                if kind not in args.skip:
+                    floors[kind].append(floor_in_fresh_process(kind, bundle, args.checkpoint if kind == "eager" else None,
+                                                               windows, vectors, repeats))
+
+        measure_floors()
+        if "service" not in args.skip:
+            result["service"] = bench_service(bundle, records, args.concurrency, n_requests, args.quick, args.rounds,
+                                              warmup=2 if args.quick else 8,
+                                              env_extra={"ECGFM_PRECISION": args.precision},
+                                              ready_timeout=args.ready_timeout)
+            measure_floors()
+        for kind, key in (("onnx", "onnx_floor"), ("eager", "eager")):
+            if floors[kind]:
+                result[key] = best_floor(floors[kind])
         if "service" in result:
             best = max(result["service"]["levels"], key=lambda r: r["ecgs_per_s"])
             ratios = {"service_best_ecgs_per_s": best["ecgs_per_s"], "at_concurrency": best["concurrency"]}

@@ -39,6 +39,7 @@ MIN_PAD_S = 2.0
 FLAT_PTP_MV = 0.02
 CLIP_FRACTION = 0.01
 CLIP_MIN_RUN = 3
+RESAMPLE_ALL_LEADS_MAX_SAMPLES = 120_000  # 2 min at 1 kHz: resampled in one call below this
 
 
 @dataclass
@@ -126,13 +127,24 @@ def _is_clipped(x: np.ndarray) -> bool:
     return at_max > limit or at_min > limit
 
 
+def _may_be_clipped(signals: np.ndarray, ptp: np.ndarray) -> np.ndarray:
+    """Leads with enough samples at their extremes that a clipping run is possible at all
+    (a cheap pass over all leads; ``_is_clipped`` then looks for the runs)."""
+    tolerance = (1e-9 * ptp)[:, None]
+    limit = CLIP_FRACTION * signals.shape[1]
+    at_max = (signals >= signals.max(axis=1, keepdims=True) - tolerance).sum(axis=1)
+    at_min = (signals <= signals.min(axis=1, keepdims=True) + tolerance).sum(axis=1)
+    return (at_max > limit) | (at_min > limit)
+
+
 def _quality_warnings(signals: np.ndarray) -> list[SignalWarning]:
     ptp = np.ptp(signals, axis=1)
     flat = tuple(lead for lead, p in zip(STANDARD_LEADS, ptp) if p < FLAT_PTP_MV)
+    candidates = _may_be_clipped(signals, ptp)
     clipped = tuple(
         lead
-        for lead, x, p in zip(STANDARD_LEADS, signals, ptp)
-        if p >= FLAT_PTP_MV and _is_clipped(x)
+        for lead, x, p, maybe in zip(STANDARD_LEADS, signals, ptp, candidates)
+        if p >= FLAT_PTP_MV and maybe and _is_clipped(x)
     )
     found = []
     if flat:
@@ -148,7 +160,9 @@ def _resample(signals: np.ndarray, fs: float) -> np.ndarray:
         return signals
     if n_out < 1:
         raise SignalTooShort(f"recording of {signals.shape[1]} samples is too short to resample")
-    # Lead by lead keeps peak memory at one lead's spectrum.
+    if signals.shape[1] <= RESAMPLE_ALL_LEADS_MAX_SAMPLES:
+        return resample(signals, n_out, axis=1)  # one call: same values as lead by lead, less overhead
+    # Long records lead by lead: keeps peak memory at one lead's spectrum.
     return np.stack([resample(row, n_out) for row in signals])
 
 

@@ -177,3 +177,30 @@ def test_hundred_hz_input_is_not_resampled() -> None:
     signals = np.random.default_rng(0).normal(size=(12, 1000))
     model_input = preprocess(Recording(signals, 100.0, STANDARD_LEADS, "json"))
     np.testing.assert_array_equal(model_input.windows[0], signals.astype(np.float32))
+
+
+def test_clipping_prefilter_never_hides_a_clipped_lead() -> None:
+    """_may_be_clipped only skips leads that _is_clipped would clear (same answer, less work)."""
+    from app.ecg.preprocess import _is_clipped, _may_be_clipped
+
+    rng = np.random.default_rng(7)
+    found = 0
+    for trial in range(200):
+        x = rng.standard_normal((12, 1000)).cumsum(axis=1) * 0.05
+        for lead in rng.choice(12, size=3, replace=False):  # saturate some leads, at various lengths
+            top = np.quantile(x[lead], 1 - rng.uniform(0.001, 0.05))
+            x[lead] = np.minimum(x[lead], top)
+        ptp = np.ptp(x, axis=1)
+        maybe = _may_be_clipped(x, ptp)
+        for lead in range(12):
+            if _is_clipped(x[lead]):
+                found += 1
+                assert maybe[lead], (trial, lead)
+    assert found > 100  # the trials really contain clipped leads
+
+
+def test_resampling_all_leads_at_once_equals_lead_by_lead() -> None:
+    from app.ecg.preprocess import _resample
+
+    x = np.random.default_rng(3).standard_normal((12, 5000))
+    assert np.array_equal(_resample(x, 500.0), np.stack([resample(row, 1000) for row in x]))
