@@ -4,13 +4,19 @@
 BUNDLE/
   manifest.json            what was exported, from what, how well it matched PyTorch
   ecg_tqn.onnx             ECG (B, 12, 1000) + label features (C, 768) -> probabilities (B, C), attention (B, C, 32)
+  label_state.onnx         label features (C, 768) -> the TQN's first-layer work that does not depend on the
+                           ECG: queries after self-attention (C, 768), their cross-attention projection (C, 768)
+  ecg_tqn_prepared.onnx    ECG (B, 12, 1000) + label_state's outputs -> probabilities, attention (as ecg_tqn)
   ecg_encoder.onnx         ECG (B, 12, 1000) -> features (B, 32, 768)
   text_encoder.onnx        token ids, mask (N, L) -> label features (N, 768)
   tokenizer/tokenizer.json WordPiece, lower-casing forced, [CLS] .. [SEP], 256 tokens
   tokenizer/vocab.txt
   text_model/config.json   the BERT config the text encoder was built from
 ```
-Bundles are built (``ecgfm-ked export`` / ``demo-bundle``), never committed.
+Bundles are built (``ecgfm-ked export`` / ``demo-bundle``), never committed. The two
+``label_state`` / ``ecg_tqn_prepared`` graphs are optional (bundles exported before they
+existed score through ``ecg_tqn``); ``ecg_tqn`` stays the reference graph (precision variants,
+benchmark floors).
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ MANIFEST = "manifest.json"
 ECG_TQN = "ecg_tqn.onnx"
 ECG_ENCODER = "ecg_encoder.onnx"
 TEXT_ENCODER = "text_encoder.onnx"
+LABEL_STATE = "label_state.onnx"
+ECG_TQN_PREPARED = "ecg_tqn_prepared.onnx"
+PREPARED_GRAPHS = (LABEL_STATE, ECG_TQN_PREPARED)
 TOKENIZER_JSON = "tokenizer/tokenizer.json"
 VOCAB = "tokenizer/vocab.txt"
 TEXT_CONFIG = "text_model/config.json"
@@ -67,6 +76,9 @@ class Bundle:
 
     def path(self, name: str) -> Path:
         return self.root / name
+
+    def has(self, name: str) -> bool:
+        return (self.root / name).is_file()
 
     @property
     def version(self) -> str:

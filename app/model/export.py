@@ -1,7 +1,8 @@
 """Export a checkpoint to a model bundle and measure ONNX-vs-PyTorch parity while doing it.
 
-Three graphs, each with dynamic batch (and label / token) axes, checked at several sizes
-after export because exporters have been seen to freeze an axis at its example size.
+Five graphs (see app/model/bundle.py), each with dynamic batch (and label / token) axes,
+checked at several sizes after export because exporters have been seen to freeze an axis
+at its example size.
 """
 
 from __future__ import annotations
@@ -43,6 +44,30 @@ class EcgTqn(nn.Module):
 
     def forward(self, ecg: torch.Tensor, label_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.tqn(self.ecg(ecg), label_features)
+
+
+class LabelState(nn.Module):
+    """(C, 768) label features -> the TQN's first-layer work that does not depend on the ECG."""
+
+    def __init__(self, tqn: TQN) -> None:
+        super().__init__()
+        self.tqn = tqn
+
+    def forward(self, label_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tqn.label_state(label_features)
+
+
+class EcgTqnPrepared(nn.Module):
+    """EcgTqn from LabelState's outputs: the same probabilities and attention, less work per ECG."""
+
+    def __init__(self, ecg: EcgEncoder, tqn: TQN) -> None:
+        super().__init__()
+        self.ecg = ecg
+        self.tqn = tqn
+
+    def forward(self, ecg: torch.Tensor, label_queries: torch.Tensor,
+                label_cross_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tqn.forward_prepared(self.ecg(ecg), label_queries, label_cross_queries)
 
 
 class EcgFeatures(nn.Module):
@@ -118,9 +143,12 @@ def measure_parity(ecg_tqn: EcgTqn, ecg_feat: EcgFeatures, text: nn.Module, toke
         text_diffs[str(n)] = float(np.abs(onnx_feats - ref).max())
     s_tqn = _ort_session(bundle_dir / B.ECG_TQN)
     s_feat = _ort_session(bundle_dir / B.ECG_ENCODER)
+    s_state = _ort_session(bundle_dir / B.LABEL_STATE)
+    s_prepared = _ort_session(bundle_dir / B.ECG_TQN_PREPARED)
     prob_diffs: dict[str, float] = {}
     attn_diffs: dict[str, float] = {}
     feat_diffs: dict[str, float] = {}
+    prepared_diffs: dict[str, float] = {}  # label_state + ecg_tqn_prepared against the PyTorch model
     for b in PARITY_BATCHES:
         x = _tile(windows, b)
         with torch.no_grad():
@@ -136,8 +164,11 @@ def measure_parity(ecg_tqn: EcgTqn, ecg_feat: EcgFeatures, text: nn.Module, toke
                 raise CheckpointError(f"exported graph returned shapes {p.shape}/{a.shape} for B={b}, C={c}")
             prob_diffs[f"B{b}_C{c}"] = float(np.abs(p - ref_p.numpy()).max())
             attn_diffs[f"B{b}_C{c}"] = float(np.abs(a - ref_a.numpy()).max())
+            queries, cross = s_state.run(None, {"label_features": lf})
+            pp, pa = s_prepared.run(None, {"ecg": x, "label_queries": queries, "label_cross_queries": cross})
+            prepared_diffs[f"B{b}_C{c}"] = float(max(np.abs(pp - ref_p.numpy()).max(), np.abs(pa - ref_a.numpy()).max()))
         log(f"parity B={b}: probabilities max|diff| {max(v for k, v in prob_diffs.items() if k.startswith(f'B{b}_')):.2e}")
-    worst = max(max(prob_diffs.values()), max(attn_diffs.values()))
+    worst = max(max(prob_diffs.values()), max(attn_diffs.values()), max(prepared_diffs.values()))
     return {
         "tolerance": PARITY_TOLERANCE,
         "batches": list(PARITY_BATCHES),
@@ -145,6 +176,7 @@ def measure_parity(ecg_tqn: EcgTqn, ecg_feat: EcgFeatures, text: nn.Module, toke
         "probabilities_max_abs_diff": prob_diffs,
         "attention_max_abs_diff": attn_diffs,
         "ecg_features_max_abs_diff": feat_diffs,
+        "prepared_max_abs_diff": prepared_diffs,
         "text_features_max_abs_diff": text_diffs,
         "worst": worst,
         "passed": worst <= PARITY_TOLERANCE,
@@ -188,6 +220,13 @@ def export_bundle(
         log("exporting ecg_tqn.onnx")
         _export(ecg_tqn, (x2, torch.randn(5, tqn.spec.d_model)), work / B.ECG_TQN, ["ecg", "label_features"],
                 ["probabilities", "attention"], {"ecg": {0: batch}, "label_features": {0: labels}})
+        log("exporting label_state.onnx and ecg_tqn_prepared.onnx")
+        queries, cross = tqn.label_state(torch.randn(5, tqn.spec.d_model))
+        _export(LabelState(tqn).eval(), (torch.randn(5, tqn.spec.d_model),), work / B.LABEL_STATE, ["label_features"],
+                ["label_queries", "label_cross_queries"], {"label_features": {0: labels}})
+        _export(EcgTqnPrepared(ecg, tqn).eval(), (x2, queries, cross), work / B.ECG_TQN_PREPARED,
+                ["ecg", "label_queries", "label_cross_queries"], ["probabilities", "attention"],
+                {"ecg": {0: batch}, "label_queries": {0: labels}, "label_cross_queries": {0: labels}})
         log("exporting ecg_encoder.onnx")
         _export(ecg_feat, (x2,), work / B.ECG_ENCODER, ["ecg"], ["features"], {"ecg": {0: batch}})
         log("exporting text_encoder.onnx")
@@ -219,7 +258,8 @@ def _manifest(ckpt: Checkpoint, work: Path, parity: dict[str, Any], seconds: flo
     import tokenizers
     import transformers
 
-    graphs = {name: B.sha256_file(work / name) for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER)}
+    graphs = {name: B.sha256_file(work / name)
+              for name in (B.ECG_TQN, *B.PREPARED_GRAPHS, B.ECG_ENCODER, B.TEXT_ENCODER)}
     text_id = B.sha256_file(work / B.TEXT_ENCODER)[:16] + "-" + B.sha256_file(work / B.TOKENIZER_JSON)[:16]
     return {
         "format_version": B.FORMAT_VERSION,

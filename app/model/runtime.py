@@ -73,8 +73,18 @@ def _providers(choice: ProviderChoice) -> list[str]:
     return [CPU]
 
 
+@dataclass(frozen=True)
+class PreparedLabels:
+    """A label set ready for scoring: its (C, D) vectors and, with the prepared graphs, the
+    TQN's first-layer work that depends on the labels only (label_state.onnx)."""
+
+    vectors: np.ndarray
+    queries: np.ndarray | None = None
+    cross_queries: np.ndarray | None = None
+
+
 class ModelRuntime:
-    """Sessions for the three graphs of a bundle; thread-safe ``run`` calls."""
+    """Sessions over a bundle's graphs; thread-safe ``run`` calls."""
 
     def __init__(self, bundle: B.Bundle, options: RuntimeOptions = RuntimeOptions()) -> None:
         import onnxruntime as ort
@@ -87,15 +97,21 @@ class ModelRuntime:
         self._sessions: dict[str, ort.InferenceSession] = {}
         precision, tqn_path = self._tqn_file(bundle, options.precision, requested)
         threads = options.intra_op_threads or (os.cpu_count() or 1)
-        for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER):
-            path = tqn_path if name == B.ECG_TQN else bundle.path(name)
-            self._sessions[name] = self._session(path, requested, Path(cache_dir), threads)
-        in_use = self._sessions[B.ECG_TQN].get_providers()[0]
+        # fp32 with the prepared graphs: label_state once per label set, then ecg_tqn_prepared per
+        # batch (the first decoder layer's label-only work is not repeated for every ECG)
+        self.prepared = precision == "fp32" and all(bundle.has(g) for g in B.PREPARED_GRAPHS)
+        scoring_path = bundle.path(B.ECG_TQN_PREPARED) if self.prepared else tqn_path
+        self._scoring_name = scoring_path.name
+        for path in (scoring_path, bundle.path(B.ECG_ENCODER), bundle.path(B.TEXT_ENCODER),
+                     *([bundle.path(B.LABEL_STATE)] if self.prepared else [])):
+            self._sessions[path.name] = self._session(path, requested, Path(cache_dir), threads)
+        in_use = self._sessions[self._scoring_name].get_providers()[0]
         self.lanes = resolve_lanes(options.lanes, in_use, threads)
-        # one more ecg_tqn session for calls that share the cores with other calls (see score)
-        self._shared_tqn = (self._session(tqn_path, requested, Path(cache_dir), max(1, threads // self.lanes))
-                            if self.lanes > 1 else self._sessions[B.ECG_TQN])
-        self._label_width = next(i.shape[-1] for i in self._sessions[B.ECG_TQN].get_inputs() if i.name == "label_features")
+        # one more scoring session for calls that share the cores with other calls (see score)
+        self._shared_scoring = (self._session(scoring_path, requested, Path(cache_dir), max(1, threads // self.lanes))
+                                if self.lanes > 1 else self._sessions[self._scoring_name])
+        width_from = (B.LABEL_STATE, "label_features") if self.prepared else (self._scoring_name, "label_features")
+        self._label_width = next(i.shape[-1] for i in self._sessions[width_from[0]].get_inputs() if i.name == width_from[1])
         m = bundle.manifest
         self.info = ModelInfo(
             name=str(m.get("model_name", "ECGFM-KED")),
@@ -218,8 +234,26 @@ class ModelRuntime:
         assert out is not None
         return out
 
+    def prepare_labels(self, label_vectors: np.ndarray) -> PreparedLabels:
+        """(C, D) label vectors -> what ``score_prepared`` needs; compute once per label set."""
+        if label_vectors.ndim != 2 or len(label_vectors) == 0:
+            raise InvalidInput("at least one label is needed to score an ECG")
+        width = self._label_width
+        if isinstance(width, int) and label_vectors.shape[1] != width:
+            raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
+        vectors = np.ascontiguousarray(label_vectors, dtype=np.float32)
+        if not self.prepared:
+            return PreparedLabels(vectors)
+        queries, cross_queries = self._sessions[B.LABEL_STATE].run(None, {"label_features": vectors})
+        return PreparedLabels(vectors, queries, cross_queries)
+
     def score(self, windows: np.ndarray, label_vectors: np.ndarray, *, alone: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32).
+        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32)."""
+        return self.score_prepared(windows, self.prepare_labels(label_vectors), alone=alone)
+
+    def score_prepared(self, windows: np.ndarray, labels: PreparedLabels, *,
+                       alone: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``score`` with the labels from ``prepare_labels``.
 
         ``alone``: no other score call runs meanwhile, so this one uses every intra-op thread.
         With ``alone=False`` it runs on the session with ``intra_op_threads // lanes`` threads:
@@ -229,15 +263,14 @@ class ModelRuntime:
         stalls as a whole (benchmarks/README.md, "lanes").
         """
         windows = self._check_windows(windows)
-        if label_vectors.ndim != 2 or len(label_vectors) == 0:
-            raise InvalidInput("at least one label is needed to score an ECG")
-        width = self._label_width
-        if isinstance(width, int) and label_vectors.shape[1] != width:
-            raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
-        session = self._sessions[B.ECG_TQN] if alone else self._shared_tqn
-        probs, attention = session.run(
-            None, {"ecg": windows, "label_features": np.ascontiguousarray(label_vectors, dtype=np.float32)}
-        )
+        if self.prepared and labels.queries is None:
+            labels = self.prepare_labels(labels.vectors)
+        if self.prepared:
+            feeds = {"ecg": windows, "label_queries": labels.queries, "label_cross_queries": labels.cross_queries}
+        else:
+            feeds = {"ecg": windows, "label_features": labels.vectors}
+        session = self._sessions[self._scoring_name] if alone else self._shared_scoring
+        probs, attention = session.run(None, feeds)
         return probs, attention
 
     def encode_ecg(self, windows: np.ndarray) -> np.ndarray:

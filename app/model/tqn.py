@@ -40,12 +40,20 @@ class MultiheadAttention(nn.Module):
         b, length, _ = x.shape
         return x.reshape(b, length, self.n_heads, self.d_model // self.n_heads).transpose(1, 2)
 
+    def project_query(self, query: torch.Tensor) -> torch.Tensor:
+        d = self.d_model
+        return F.linear(query, self.in_proj_weight[:d], self.in_proj_bias[:d])
+
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Batch-first (B, L, D) inputs; returns (B, Lq, D) and weights averaged over heads (B, Lq, Lk)."""
+        return self.attend(self.project_query(query), key, value)
+
+    def attend(self, projected_query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the query already through ``project_query``."""
         d = self.d_model
-        w_q, w_k, w_v = self.in_proj_weight[:d], self.in_proj_weight[d : 2 * d], self.in_proj_weight[2 * d :]
-        b_q, b_k, b_v = self.in_proj_bias[:d], self.in_proj_bias[d : 2 * d], self.in_proj_bias[2 * d :]
-        q = self._heads(F.linear(query, w_q, b_q))
+        w_k, w_v = self.in_proj_weight[d : 2 * d], self.in_proj_weight[2 * d :]
+        b_k, b_v = self.in_proj_bias[d : 2 * d], self.in_proj_bias[2 * d :]
+        q = self._heads(projected_query)
         k = self._heads(F.linear(key, w_k, b_k))
         v = self._heads(F.linear(value, w_v, b_v))
         scale = 1.0 / math.sqrt(d // self.n_heads)
@@ -67,10 +75,20 @@ class DecoderLayer(nn.Module):
         self.norm3 = nn.LayerNorm(d_model)
 
     def forward(self, q: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.self_attend(q)
+        return self.attend_memory(q, self.cross_query(q), memory)
+
+    # The steps of forward, separately: the first layer's self-attention and cross-attention
+    # query depend on the label queries only, so they can be computed once per label set.
+    def self_attend(self, q: torch.Tensor) -> torch.Tensor:
         h = self.norm1(q)
-        q = q + self.self_attn(h, h, h)[0]
-        h = self.norm2(q)
-        attended, weights = self.multihead_attn(h, memory, memory)
+        return q + self.self_attn(h, h, h)[0]
+
+    def cross_query(self, q: torch.Tensor) -> torch.Tensor:
+        return self.multihead_attn.project_query(self.norm2(q))
+
+    def attend_memory(self, q: torch.Tensor, cross_query: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        attended, weights = self.multihead_attn.attend(cross_query, memory, memory)
         q = q + attended
         q = q + self.linear2(F.relu(self.linear1(self.norm3(q))))
         return q, weights
@@ -126,6 +144,28 @@ class TQN(nn.Module):
         weights = memory.new_zeros(())
         for layer in self.decoder.layers:
             q, weights = layer(q, memory)
+        return self._head(q, weights)
+
+    def label_state(self, label_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, D) label features -> the first layer's work that does not depend on the ECG:
+        queries after self-attention (C, D) and their cross-attention projection (C, D)."""
+        first = self.decoder.layers[0]
+        q = first.self_attend(self.decoder_norm(label_features).unsqueeze(0))  # (1, C, D)
+        return q[0], first.cross_query(q)[0]
+
+    def forward_prepared(self, ecg_features: torch.Tensor, label_queries: torch.Tensor,
+                         label_cross_queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` from ``label_state``'s outputs: the same result, less work per ECG."""
+        memory = self.decoder_norm(ecg_features.transpose(1, 2))
+        b = memory.shape[0]
+        layers = self.decoder.layers
+        q, weights = layers[0].attend_memory(label_queries.unsqueeze(0).expand(b, -1, -1),
+                                             label_cross_queries.unsqueeze(0).expand(b, -1, -1), memory)
+        for layer in layers[1:]:
+            q, weights = layer(q, memory)
+        return self._head(q, weights)
+
+    def _head(self, q: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.decoder.norm(q)
         logits = self.mlp_head(out)
         probs = torch.softmax(logits, dim=-1)[..., 1]

@@ -70,7 +70,7 @@ def test_manifest_records_source_tools_contract_and_parity(small_bundle, small_c
     assert m["source_checkpoint"]["file"] == small_checkpoint.path.name and m["source_checkpoint"]["epoch"] == 3
     assert m["config"]["tqn_model_layers"] == 2 and m["untrained"] is True
     assert m["opset"] == OPSET
-    for name in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER):
+    for name in (B.ECG_TQN, *B.PREPARED_GRAPHS, B.ECG_ENCODER, B.TEXT_ENCODER):
         model = onnx.load(str(small_bundle / name), load_external_data=False)
         assert {o.domain: o.version for o in model.opset_import}[""] == m["opset"], name
         assert m["graphs"][name] == B.sha256_file(small_bundle / name)
@@ -86,8 +86,8 @@ def test_manifest_records_source_tools_contract_and_parity(small_bundle, small_c
     assert p["passed"] is True and p["inputs"] == "caller-supplied ECG windows"
     assert p["batches"] == list(BATCHES) and p["label_counts"] == list(LABELS)
     figures = [*p["probabilities_max_abs_diff"].values(), *p["attention_max_abs_diff"].values(),
-               *p["text_features_max_abs_diff"].values()]
-    assert len(figures) == 9 + 9 + 3
+               *p["prepared_max_abs_diff"].values(), *p["text_features_max_abs_diff"].values()]
+    assert len(figures) == 9 + 9 + 9 + 3
     assert all(0 <= v <= 1e-4 for v in figures), figures
     assert p["worst"] <= p["tolerance"] == 1e-4
     # the ECG features are not normalised (values up to ~6): their figure is absolute, ~1e-4 relative
@@ -117,6 +117,18 @@ def test_ecg_tqn_graph_matches_pytorch_on_real_windows(small_bundle, torch_side,
     p, _ = s.run(None, {"ecg": real_windows, "label_features": label_features})
     assert np.abs(p[0] - p[5]).max() > 1e-2  # CPSC vs PTB record
     assert p.max() - p.min() > 0.1
+
+
+def test_prepared_label_state_gives_the_same_answer_in_pytorch(torch_side, real_windows, label_features) -> None:
+    """TQN.forward_prepared(label_state(...)) is forward with the label-only work done once."""
+    ecg, tqn, _ = torch_side
+    with torch.no_grad():
+        feats = ecg(torch.from_numpy(real_windows[:3]))
+        for c in LABELS:
+            lf = torch.from_numpy(label_features[:c])
+            ref_p, ref_a = tqn(feats, lf)
+            p, a = tqn.forward_prepared(feats, *tqn.label_state(lf))
+            assert (p - ref_p).abs().max() <= 1e-6 and (a - ref_a).abs().max() <= 1e-6
 
 
 def test_ecg_encoder_graph_gives_b_32_768(small_bundle, torch_side, real_windows) -> None:
@@ -190,6 +202,10 @@ def test_full_size_demo_checkpoint_exports_with_parity(tmp_path, real_windows, l
         ref_p, ref_a = tqn(ecg(torch.from_numpy(x)), torch.from_numpy(lf))
     assert probs.shape == (2, 71) and np.abs(probs - ref_p.numpy()).max() <= 1e-4
     assert np.abs(attn - ref_a.numpy()).max() <= 1e-4
+    queries, cross = session(result.bundle_dir / B.LABEL_STATE).run(None, {"label_features": lf})
+    probs2, attn2 = session(result.bundle_dir / B.ECG_TQN_PREPARED).run(
+        None, {"ecg": x, "label_queries": queries, "label_cross_queries": cross})
+    assert np.abs(probs2 - ref_p.numpy()).max() <= 1e-4 and np.abs(attn2 - ref_a.numpy()).max() <= 1e-4
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\nfull-size export: checkpoint built in {built:.0f} s, total {exported:.0f} s, "
           f"export_seconds {result.manifest['export_seconds']}, peak RSS {peak_rss_mb:.0f} MiB, "

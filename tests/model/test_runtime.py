@@ -34,7 +34,7 @@ def test_provider_in_use_is_read_from_the_sessions(runtime) -> None:
 def test_auto_reports_what_onnx_runtime_actually_uses(small_bundle, tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="app.model.runtime"):
         rt = load_runtime(small_bundle, RuntimeOptions(provider="auto", optimized_model_dir=tmp_path / "opt"))
-    assert rt.info.provider == rt._sessions[B.ECG_TQN].get_providers()[0]
+    assert rt.info.provider == rt._sessions[B.ECG_TQN_PREPARED].get_providers()[0]
     if not cuda_usable():
         assert rt.info.provider == CPU
         if CUDA in ort.get_available_providers():  # onnxruntime-gpu installed, no GPU: the silent fallback
@@ -56,7 +56,8 @@ def test_optimised_graphs_are_cached_and_reused(small_bundle, tmp_path, real_win
     cache = tmp_path / "opt"
     first = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
     files = sorted(cache.glob("*.onnx"))
-    assert [f.name for f in files] == sorted(f"{Path(n).stem}.{CPU}.ort{ort.__version__}.onnx" for n in (B.ECG_TQN, B.ECG_ENCODER, B.TEXT_ENCODER))
+    loaded = (B.ECG_TQN_PREPARED, B.LABEL_STATE, B.ECG_ENCODER, B.TEXT_ENCODER)  # ecg_tqn itself is not needed
+    assert [f.name for f in files] == sorted(f"{Path(n).stem}.{CPU}.ort{ort.__version__}.onnx" for n in loaded)
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
     second = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
     assert {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")} == stamps  # not rewritten
@@ -125,8 +126,12 @@ def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path
     (partial / B.MANIFEST).write_text("{broken")
     with pytest.raises(BundleError, match="cannot read"):
         B.open_bundle(partial)
-    (partial / B.ECG_TQN).write_bytes(b"not an onnx graph")
+    (partial / B.ECG_TQN_PREPARED).write_bytes(b"not an onnx graph")
     (partial / B.MANIFEST).write_text((small_bundle / B.MANIFEST).read_text())
+    with pytest.raises(BundleError, match="cannot load ecg_tqn_prepared.onnx"):
+        load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
+    (partial / B.ECG_TQN_PREPARED).unlink()  # an older bundle: scores through ecg_tqn, which is broken
+    (partial / B.ECG_TQN).write_bytes(b"not an onnx graph")
     with pytest.raises(BundleError, match="cannot load ecg_tqn.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
 
@@ -134,16 +139,16 @@ def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path
 def test_shared_lane_session_scores_like_the_full_one(small_bundle, tmp_path, real_windows) -> None:
     rt = load_runtime(small_bundle, RuntimeOptions(provider="cpu", intra_op_threads=2, lanes=2,
                                                    optimized_model_dir=tmp_path / "opt"))
-    assert rt.lanes == 2 and rt._shared_tqn is not rt._sessions[B.ECG_TQN]
-    assert rt._sessions[B.ECG_TQN].get_session_options().intra_op_num_threads == 2
-    assert rt._shared_tqn.get_session_options().intra_op_num_threads == 1  # 2 threads over 2 lanes
+    assert rt.lanes == 2 and rt._shared_scoring is not rt._sessions[B.ECG_TQN_PREPARED]
+    assert rt._sessions[B.ECG_TQN_PREPARED].get_session_options().intra_op_num_threads == 2
+    assert rt._shared_scoring.get_session_options().intra_op_num_threads == 1  # 2 threads over 2 lanes
     labels = np.random.default_rng(2).standard_normal((9, 768)).astype(np.float32)
     p_all, a_all = rt.score(real_windows[:3], labels, alone=True)
     p_shared, a_shared = rt.score(real_windows[:3], labels, alone=False)
     assert np.abs(p_all - p_shared).max() <= 1e-6 and np.abs(a_all - a_shared).max() <= 1e-6
     one = load_runtime(small_bundle, RuntimeOptions(provider="cpu", intra_op_threads=2, lanes=1,
                                                     optimized_model_dir=tmp_path / "opt"))
-    assert one.lanes == 1 and one._shared_tqn is one._sessions[B.ECG_TQN]
+    assert one.lanes == 1 and one._shared_scoring is one._sessions[B.ECG_TQN_PREPARED]
 
 
 @pytest.mark.parametrize(("lanes", "provider", "threads", "expected"), [
@@ -153,3 +158,30 @@ def test_shared_lane_session_scores_like_the_full_one(small_bundle, tmp_path, re
 ])
 def test_lanes_resolution(lanes, provider, threads, expected) -> None:
     assert resolve_lanes(lanes, provider, threads) == expected
+
+
+def test_prepared_labels_score_like_the_reference_graph(small_bundle, tmp_path, real_windows) -> None:
+    """label_state + ecg_tqn_prepared give ecg_tqn's answer; a bundle without them still works."""
+    import onnxruntime as ort
+
+    rt = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
+    assert rt.prepared and rt._scoring_name == B.ECG_TQN_PREPARED
+    labels = np.random.default_rng(4).standard_normal((11, 768)).astype(np.float32)
+    prepared = rt.prepare_labels(labels)
+    assert prepared.queries.shape == prepared.cross_queries.shape == (11, 768)
+    reference = ort.InferenceSession(str(small_bundle / B.ECG_TQN), providers=[CPU])
+    for n in (1, 5):
+        ref_p, ref_a = reference.run(None, {"ecg": real_windows[:n], "label_features": labels})
+        p, a = rt.score_prepared(real_windows[:n], prepared)
+        assert np.abs(p - ref_p).max() <= 1e-5 and np.abs(a - ref_a).max() <= 1e-5
+        p2, _ = rt.score(real_windows[:n], labels)  # prepares on the fly
+        assert np.abs(p2 - p).max() <= 1e-6
+
+    older = tmp_path / "older-bundle"  # exported before the prepared graphs existed
+    shutil.copytree(small_bundle, older, ignore=shutil.ignore_patterns("optimized", *B.PREPARED_GRAPHS))
+    old_rt = load_runtime(older, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt-old"))
+    assert not old_rt.prepared and old_rt._scoring_name == B.ECG_TQN
+    assert old_rt.prepare_labels(labels).queries is None
+    p_old, a_old = old_rt.score(real_windows[:3], labels)
+    p_new, a_new = rt.score(real_windows[:3], labels)
+    assert np.abs(p_old - p_new).max() <= 1e-5 and np.abs(a_old - a_new).max() <= 1e-5
