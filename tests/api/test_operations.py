@@ -114,6 +114,9 @@ def test_metrics_after_requests(client):
         assert counts_after[stage] - counts_before[stage] >= 2, stage
     assert delta("ecgfm_inference_batch_size_count") >= 1
     assert delta("ecgfm_inference_batch_size_sum") >= 2  # one 10 s window per ECG
+    # one request at a time: each model call had the machine to itself (announced work ended on arrival)
+    assert delta("ecgfm_inference_calls_total", cores="all") == 2
+    assert delta("ecgfm_inference_calls_total", cores="shared") == 0
     assert sample_value(text, "ecgfm_embedding_cache_total", result="hit") > 0
     assert delta("ecgfm_errors_total", code="unsupported_format") == 1
     assert delta("ecgfm_ecgs_total", source_format="wfdb") == 1
@@ -162,4 +165,5 @@ def test_concurrent_requests_share_inference_batches(app_settings):
     singles = delta("ecgfm_inference_batch_size_bucket", le="1.0")
     windows = delta("ecgfm_inference_batch_size_sum")
     assert windows == 8 and 1 <= batches < 8
+    assert delta("ecgfm_inference_calls_total", cores="all") + delta("ecgfm_inference_calls_total", cores="shared") == batches
     assert batches - singles >= 1, "no inference batch held more than one window"
