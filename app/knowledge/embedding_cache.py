@@ -12,13 +12,12 @@ It can never serve stale vectors because a version is a hash of the set's conten
 from __future__ import annotations
 
 import hashlib
-import threading
-from collections import OrderedDict
 
 import numpy as np
 from sqlalchemy import Engine, select
 
 from app.knowledge import db
+from app.lru import LruCache
 from app.knowledge.types import CacheStats, LabelSet, TextEmbedder
 
 DEFAULT_DIM = 768
@@ -86,35 +85,23 @@ class LabelSetVectors:
 
     def __init__(self, cache: EmbeddingCache, *, max_entries: int = 32) -> None:
         self._cache = cache
-        self._max_entries = max_entries
-        self._lru: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()  # request handlers run in several threads
+        self._lru: LruCache[tuple[str, str], np.ndarray] = LruCache(max_entries)  # thread-safe
 
     def cached(self, label_set: LabelSet, identity: str) -> np.ndarray | None:
         """The set's vectors if this process holds them already (no database read), else None."""
-        with self._lock:
-            vectors = self._lru.get((identity, label_set.version))
-            if vectors is not None:
-                self._lru.move_to_end((identity, label_set.version))
-            return vectors
+        return self._lru.get((identity, label_set.version))
 
     def vectors_for_label_set(
         self, label_set: LabelSet, embedder: TextEmbedder
     ) -> tuple[np.ndarray, CacheStats]:
         """(C, D) read-only float32 vectors, one row per label in the set's order."""
-        key = (embedder.identity, label_set.version)
-        with self._lock:
-            cached = self._lru.get(key)
-            if cached is not None:
-                self._lru.move_to_end(key)
-                return cached, CacheStats(hits=cached.shape[0], misses=0)
+        cached = self.cached(label_set, embedder.identity)
+        if cached is not None:
+            return cached, CacheStats(hits=cached.shape[0], misses=0)
         texts = [label.text_for_encoder for label in label_set.labels]
         vectors, stats = self._cache.vectors_for(texts, embedder)
         vectors.setflags(write=False)
-        with self._lock:
-            self._lru[key] = vectors
-            while len(self._lru) > self._max_entries:
-                self._lru.popitem(last=False)
+        self._lru.put((embedder.identity, label_set.version), vectors)
         return vectors, stats
 
 

@@ -110,8 +110,8 @@ class ModelRuntime:
         # one more scoring session for calls that share the cores with other calls (see score)
         self._shared_scoring = (self._session(scoring_path, requested, Path(cache_dir), max(1, threads // self.lanes))
                                 if self.lanes > 1 else self._sessions[self._scoring_name])
-        width_from = (B.LABEL_STATE, "label_features") if self.prepared else (self._scoring_name, "label_features")
-        self._label_width = next(i.shape[-1] for i in self._sessions[width_from[0]].get_inputs() if i.name == width_from[1])
+        takes_labels = self._sessions[B.LABEL_STATE if self.prepared else self._scoring_name]
+        self._label_width = next(i.shape[-1] for i in takes_labels.get_inputs() if i.name == "label_features")
         m = bundle.manifest
         self.info = ModelInfo(
             name=str(m.get("model_name", "ECGFM-KED")),
@@ -263,9 +263,9 @@ class ModelRuntime:
         stalls as a whole (benchmarks/README.md, "lanes").
         """
         windows = self._check_windows(windows)
-        if self.prepared and labels.queries is None:
-            labels = self.prepare_labels(labels.vectors)
         if self.prepared:
+            if labels.queries is None:
+                labels = self.prepare_labels(labels.vectors)
             feeds = {"ecg": windows, "label_queries": labels.queries, "label_cross_queries": labels.cross_queries}
         else:
             feeds = {"ecg": windows, "label_features": labels.vectors}

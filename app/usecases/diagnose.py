@@ -93,6 +93,10 @@ def panel_labels(labels: Iterable[Label]) -> tuple[PanelLabel, ...]:
     return tuple(PanelLabel(name=l.name, knowledge=l.description, codes=dict(l.codes), label_id=l.id) for l in labels)
 
 
+def _panel(label_set: LabelSet, vectors: np.ndarray) -> Panel:
+    return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
+
+
 def _out_of_range(index: int) -> UnsupportedSignal:
     # Amplitudes beyond float32 (after conversion to mV) give inf/NaN model outputs, which
     # cannot be reported (JSON has no NaN): refuse them instead of failing with a 500.
@@ -153,14 +157,14 @@ class DiagnoseService:
         """The set with its vectors, embedding the texts not cached yet (seconds for many texts)."""
         vectors, stats = self.vectors.vectors_for_label_set(label_set, self.embedder)
         metrics.record_embedding_cache(hits=stats.hits, misses=stats.misses)
-        return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
+        return _panel(label_set, vectors)
 
     def _cached_panel(self, label_set: LabelSet) -> Panel | None:
         vectors = self.vectors.cached(label_set, self.embedder.identity)
         if vectors is None:
             return None
         metrics.record_embedding_cache(hits=len(vectors), misses=0)
-        return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
+        return _panel(label_set, vectors)
 
     def _prepare(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
                  submitted: float) -> tuple[LabelSet, Panel | None, list[ModelInput]]:

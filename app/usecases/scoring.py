@@ -9,13 +9,12 @@ or on its way (``incoming``) uses every core (see app.model.batching).
 
 from __future__ import annotations
 
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from app.lru import LruCache
 from app.model.batching import BatchStats, DynamicBatcher, IncomingWork
 from app.model.runtime import ModelRuntime, PreparedLabels
 from app.ops import metrics
@@ -50,10 +49,8 @@ class Scorer:
     def __init__(self, runtime: ModelRuntime, *, max_batch_size: int, max_wait_s: float,
                  prepared_panels: int = 32) -> None:
         self.runtime = runtime
-        # label sets prepared for scoring (runtime.prepare_labels), by panel key, most recent last
-        self._prepared: OrderedDict[str, PreparedLabels] = OrderedDict()
-        self._prepared_max = prepared_panels
-        self._prepared_lock = threading.Lock()
+        # label sets prepared for scoring (runtime.prepare_labels), by panel key
+        self._prepared: LruCache[str, PreparedLabels] = LruCache(prepared_panels)
         self.incoming = IncomingWork()
         self._batcher: DynamicBatcher[ScoreJob, tuple[np.ndarray, np.ndarray, float]] = DynamicBatcher(
             self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, lanes=runtime.lanes,
@@ -73,16 +70,10 @@ class Scorer:
     def _labels(self, key: str, vectors: np.ndarray) -> PreparedLabels:
         """The panel's prepared labels, computed on its first batch (a key names one label-set
         version under one text encoder, so the vectors behind a key never change)."""
-        with self._prepared_lock:
-            labels = self._prepared.get(key)
-            if labels is not None:
-                self._prepared.move_to_end(key)
-                return labels
-        labels = self.runtime.prepare_labels(vectors)
-        with self._prepared_lock:
-            self._prepared[key] = labels
-            while len(self._prepared) > self._prepared_max:
-                self._prepared.popitem(last=False)
+        labels = self._prepared.get(key)
+        if labels is None:
+            labels = self.runtime.prepare_labels(vectors)
+            self._prepared.put(key, labels)
         return labels
 
     def _run(self, key: str, jobs: list[ScoreJob], alone: bool) -> list[tuple[np.ndarray, np.ndarray, float]]:
