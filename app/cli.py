@@ -25,7 +25,7 @@ def _builtin_texts() -> list[str]:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    from app.model.fetch import fetch_model
+    from app.build.fetch import fetch_model
 
     fetched = fetch_model(
         Path(args.cache_dir) if args.cache_dir else None,
@@ -36,14 +36,14 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     print(json.dumps({"checkpoint": str(fetched.checkpoint), "text_model": str(fetched.text_model_dir),
                       "checkpoint_sha256": fetched.checkpoint_sha256}, indent=2))
     if args.export_to:
-        from app.model.export import export_bundle
+        from app.build.export import export_bundle
 
         export_bundle(fetched.checkpoint, fetched.text_model_dir, Path(args.export_to), log=_log, overwrite=args.overwrite)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from app.model.export import export_bundle
+    from app.build.export import export_bundle
 
     windows = _parity_windows(args.parity_records) if args.parity_records else None
     result = export_bundle(Path(args.checkpoint), Path(args.text_model), Path(args.out), parity_windows=windows,
@@ -68,7 +68,7 @@ def _parity_windows(records: list[str]):
 
 
 def cmd_demo_bundle(args: argparse.Namespace) -> int:
-    from app.model.demo import build_demo_bundle
+    from app.build.demo import build_demo_bundle
 
     out = build_demo_bundle(Path(args.out), corpus=_builtin_texts(), full_size_text=args.full_size,
                             log=_log, overwrite=args.overwrite)
@@ -81,7 +81,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
 
     from app.ecg.preprocess import preprocess
     from app.ecg.readers import read_any
-    from app.model.runtime import RuntimeOptions, load_runtime
+    from app.serving.runtime import RuntimeOptions, load_runtime
     from app.usecases.explain import INTENDED_USE, Panel, PanelLabel, RankOptions, rank_diagnoses, warnings_json
 
     labels = list(args.label or [])
@@ -128,8 +128,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from app.ecg.preprocess import preprocess
     from app.ecg.readers import read_any
     from app.knowledge.builtin import load_builtin_sets
-    from app.model import precision as P
-    from app.model.runtime import RuntimeOptions, load_runtime
+    from app.build import precision as P
+    from app.serving.runtime import RuntimeOptions, load_runtime
 
     windows = []
     for path in _record_paths(args.records, args.max_records):

@@ -80,7 +80,7 @@ def reference_session(runtime):
     """``ecg_tqn.onnx`` on its own, with the runtime's thread settings."""
     import onnxruntime as ort
 
-    from app.model import bundle as B
+    from app.serving import bundle as B
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = runtime.options.intra_op_threads or (os.cpu_count() or 1)
@@ -101,11 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.bundle is not None and args.checkpoint is None:
         ap.error("--bundle needs the --checkpoint it was exported from (for the eager PyTorch side)")
 
-    from app.model import demo
-    from app.model.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, read_checkpoint
-    from app.model.export import export_bundle
-    from app.model.runtime import RuntimeOptions, load_runtime
-    from app.model.tokenizer import encode
+    from app.build import demo
+    from app.build.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, read_checkpoint
+    from app.build.export import export_bundle
+    from app.serving.runtime import RuntimeOptions, load_runtime
+    from app.serving.tokenizer import encode
 
     warmup, repeats, text_repeats = (1, 3, 1) if args.quick else (2, 10, 3)
     threads = args.threads or os.cpu_count() or 1

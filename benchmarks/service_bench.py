@@ -14,7 +14,7 @@ Steps (one process, one report):
 4. the floor: raw ONNX Runtime on the bundle's ecg_tqn graph at batch 1 and 16, and the project's
    PyTorch modules in eager mode (from ``--checkpoint`` or a demo checkpoint built here);
 5. ONNX Runtime tuning (threads, execution mode, IOBinding) and reduced-precision variants
-   (``app.model.precision``) with their fidelity against fp32 on the sample records.
+   (``app.build.precision``) with their fidelity against fp32 on the sample records.
 
 Results: a table on stdout and ``benchmarks/results/service_bench.json``. Timings depend on the
 machine; on a shared machine they are noisy (run it on a quiet one for numbers to quote).
@@ -304,8 +304,8 @@ def bench_onnx_floor(bundle: Path, windows: np.ndarray, vectors: np.ndarray, rep
 
     import onnxruntime as ort
 
-    from app.model import bundle as B
-    from app.model.runtime import RuntimeOptions, load_runtime
+    from app.serving import bundle as B
+    from app.serving.runtime import RuntimeOptions, load_runtime
 
     rt = load_runtime(bundle, RuntimeOptions(provider="cpu"))
     labels = rt.prepare_labels(vectors)
@@ -340,9 +340,9 @@ def bench_onnx_floor(bundle: Path, windows: np.ndarray, vectors: np.ndarray, rep
 def bench_eager(checkpoint: Path | None, windows: np.ndarray, vectors: np.ndarray, repeats: int) -> dict[str, Any]:
     import torch
 
-    from app.model import demo
-    from app.model.checkpoint import build_ecg_encoder, build_tqn, read_checkpoint
-    from app.model.export import EcgTqn
+    from app.build import demo
+    from app.build.checkpoint import build_ecg_encoder, build_tqn, read_checkpoint
+    from app.build.export import EcgTqn
 
     with tempfile.TemporaryDirectory(prefix="ecgfm-bench-ckpt-") as tmp:
         source = "given checkpoint"
@@ -452,7 +452,7 @@ def bench_tuning(bundle: Path, windows: np.ndarray, vectors: np.ndarray, repeats
 
 def bench_precision(bundle: Path, windows: np.ndarray, vectors: np.ndarray, repeats: int, quick: bool,
                     sensitivity: bool) -> dict[str, Any]:
-    from app.model import precision as P
+    from app.build import precision as P
 
     with tempfile.TemporaryDirectory(prefix="ecgfm-bench-precision-") as tmp:
         cands = {k: P.INT8_CANDIDATES[k] for k in ("int8-all", "int8-keep-head", "int8-keep-head-last")} if quick else None
@@ -572,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
 
         result["machine"]["onnxruntime"] = onnxruntime.__version__
         windows = record_windows(records[: args.fidelity_records])
-        from app.model.runtime import RuntimeOptions, load_runtime
+        from app.serving.runtime import RuntimeOptions, load_runtime
 
         vectors = load_runtime(bundle, RuntimeOptions(provider="cpu")).embed_texts(label_texts())
         result["inputs"] = {"windows": int(len(windows)), "labels": int(len(vectors))}

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as E
-from app.model.batching import BatchError
+from app.serving.batching import BatchError
 from app.ops import metrics
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import sys
 import tempfile
 
 from app.errors import BundleError
-from app.model.bundle import open_bundle
+from app.serving.bundle import open_bundle
 from app.ops import metrics
 from app.ops.settings import Settings
 

@@ -16,7 +16,7 @@ from app.knowledge.builtin import seed_builtin
 from app.knowledge.db import create_schema, make_engine
 from app.knowledge.embedding_cache import EmbeddingCache, LabelSetVectors
 from app.knowledge.store import KnowledgeStore
-from app.model.runtime import ModelRuntime, RuntimeOptions, load_runtime
+from app.serving.runtime import ModelRuntime, RuntimeOptions, load_runtime
 from app.ops import metrics
 from app.ops.settings import Settings
 from app.usecases.diagnose import DiagnoseService

@@ -26,7 +26,7 @@ from app.errors import InvalidInput, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
 from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_version
 from app.knowledge.types import Label, LabelSet
-from app.model.runtime import ModelInfo
+from app.serving.runtime import ModelInfo
 from app.ops import metrics
 from app.usecases.explain import (
     INTENDED_USE,
@@ -184,7 +184,7 @@ class DiagnoseService:
 
     def expect_request(self) -> AbstractContextManager[Callable[[], None]]:
         """Announce a request before its upload is read, so that the model does not give every
-        core to one batch while more requests are about to need them (see app.model.batching).
+        core to one batch while more requests are about to need them (see app.serving.batching).
         ``diagnose(..., arrived=...)`` ends the announcement when the request reaches the model."""
         return self.scorer.incoming.expect()
 

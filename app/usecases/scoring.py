@@ -4,7 +4,7 @@ Requests that share a panel (same label-set version, hence the same label vector
 scored in one ``ModelRuntime.score`` call; the call runs in a worker thread so the event
 loop (health checks, metrics) stays responsive while the model is busy. Up to
 ``runtime.lanes`` calls run at once under load; a call with nothing else running, queued
-or on its way (``incoming``) uses every core (see app.model.batching).
+or on its way (``incoming``) uses every core (see app.serving.batching).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.lru import LruCache
-from app.model.batching import BatchStats, DynamicBatcher, IncomingWork
-from app.model.runtime import ModelRuntime, PreparedLabels
+from app.serving.batching import BatchStats, DynamicBatcher, IncomingWork
+from app.serving.runtime import ModelRuntime, PreparedLabels
 from app.ops import metrics
 
 

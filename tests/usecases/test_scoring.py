@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from app.model.runtime import RuntimeOptions, load_runtime
+from app.serving.runtime import RuntimeOptions, load_runtime
 from app.usecases.scoring import Scorer
 
 

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from app.errors import CheckpointError
-from app.model.ecg_encoder import EcgEncoder, EcgEncoderSpec
-from app.model.text_encoder import TextEncoder, load_bert_config
-from app.model.tqn import TQN, TqnSpec
+from app.build.ecg_encoder import EcgEncoder, EcgEncoderSpec
+from app.build.text_encoder import TextEncoder, load_bert_config
+from app.build.tqn import TQN, TqnSpec
 
 SECTIONS = ("ecg_model", "model", "text_encoder")
 DEFAULT_TQN_LAYERS = 7

@@ -1,6 +1,6 @@
 """Export a checkpoint to a model bundle and measure ONNX-vs-PyTorch parity while doing it.
 
-Five graphs (see app/model/bundle.py), each with dynamic batch (and label / token) axes,
+Five graphs (see app/serving/bundle.py), each with dynamic batch (and label / token) axes,
 checked at several sizes after export because exporters have been seen to freeze an axis
 at its example size.
 """
@@ -20,11 +20,11 @@ import torch
 from torch import nn
 
 from app.errors import CheckpointError
-from app.model import bundle as B
-from app.model.checkpoint import Checkpoint, build_ecg_encoder, build_text_encoder, build_tqn, read_checkpoint
-from app.model.ecg_encoder import EcgEncoder
-from app.model.tokenizer import build_tokenizer, encode
-from app.model.tqn import TQN
+from app.serving import bundle as B
+from app.build.checkpoint import Checkpoint, build_ecg_encoder, build_text_encoder, build_tqn, read_checkpoint
+from app.build.ecg_encoder import EcgEncoder
+from app.serving.tokenizer import build_tokenizer, encode
+from app.build.tqn import TQN
 
 OPSET = 18
 PARITY_BATCHES = (1, 2, 16)

@@ -1,4 +1,4 @@
-"""Tests for app.model.fetch against a real local HTTP server.
+"""Tests for app.build.fetch against a real local HTTP server.
 
 The internet (Zenodo and the Hugging Face hub) is mocked by a real ``ThreadingHTTPServer``
 on 127.0.0.1 started by these tests: it serves a fake Zenodo record JSON, a few MB of
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import FetchError
-from app.model import fetch as F
+from app.build import fetch as F
 
 RECORD = "14881564"
 CKPT = F.DEFAULT_CHECKPOINT_NAME

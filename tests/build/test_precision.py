@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from app.errors import BundleError
-from app.model import bundle as B
-from app.model import precision as P
-from app.model.runtime import RuntimeOptions, load_runtime
+from app.serving import bundle as B
+from app.build import precision as P
+from app.serving.runtime import RuntimeOptions, load_runtime
 
 ONE_CANDIDATE = {"int8-keep-head": ("head",)}
 

@@ -1,7 +1,7 @@
-"""Loading the published checkpoint faithfully (app/model/checkpoint.py and the modules).
+"""Loading the published checkpoint faithfully (app/build/checkpoint.py and the modules).
 
 The checkpoints are real files written with ``torch.save`` in the published format by
-``app.model.demo`` and compared with ``shared/model-spec/checkpoint_keys.tsv``. Semantics are
+``app.build.demo`` and compared with ``shared/model-spec/checkpoint_keys.tsv``. Semantics are
 checked against references computed here independently (``torch.nn.MultiheadAttention`` in
 the authors' sequence-first layout, a hand-written AvgPool, the BERT pooler by hand).
 """
@@ -20,12 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from app.errors import CheckpointError
-from app.model import demo
-from app.model.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, file_sha256, read_checkpoint
-from app.model.ecg_encoder import EcgEncoder
-from app.model.text_encoder import TextEncoder, load_bert_config
-from app.model.tokenizer import build_tokenizer, encode
-from app.model.tqn import TQN
+from app.build import demo
+from app.build.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, file_sha256, read_checkpoint
+from app.build.ecg_encoder import EcgEncoder
+from app.build.text_encoder import TextEncoder, load_bert_config
+from app.serving.tokenizer import build_tokenizer, encode
+from app.build.tqn import TQN
 
 SPEC_TSV = Path(__file__).resolve().parents[2].parent / "shared" / "model-spec" / "checkpoint_keys.tsv"
 ECG_PARAMS = 7_865_984

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 
 from app.errors import BundleError, InvalidInput
-from app.model import bundle as B
-from app.model.tokenizer import load_tokenizer, pad, pad_id_of, token_ids
+from app.serving import bundle as B
+from app.serving.tokenizer import load_tokenizer, pad, pad_id_of, token_ids
 
 log = logging.getLogger(__name__)
 
@@ -151,16 +151,14 @@ class ModelRuntime:
 
     @staticmethod
     def _tqn_file(bundle: B.Bundle, precision: str, requested: list[str]) -> tuple[str, Path]:
-        from app.model.precision import PRECISION_FILES
-
         if precision == "fp32":
             return "fp32", bundle.path(B.ECG_TQN)
-        if precision not in PRECISION_FILES:
-            raise BundleError(f"unknown precision {precision!r}; expected one of {sorted(PRECISION_FILES)}")
+        if precision not in B.PRECISION_FILES:
+            raise BundleError(f"unknown precision {precision!r}; expected one of {sorted(B.PRECISION_FILES)}")
         if precision == "fp16" and CUDA not in requested:
             log.warning("precision fp16 is used only with the CUDA provider; using fp32 on CPU")
             return "fp32", bundle.path(B.ECG_TQN)
-        path = bundle.path(PRECISION_FILES[precision])
+        path = bundle.path(B.PRECISION_FILES[precision])
         if not path.is_file():
             raise BundleError(f"precision {precision} was requested but the bundle {bundle.root} has no {path.name}; "
                               "build it with `ecgfm-ked quantize --bundle DIR` (it is written only when it meets the "

@@ -16,7 +16,7 @@ Variants (all from ONNX Runtime's own tools):
 * ``qdq-conv`` static: the ECG encoder's convolutions quantised with QDQ, calibrated on
   sample records.
 * ``fp16``: for the CUDA provider only (``ecg_tqn.fp16.onnx``; ONNX Runtime's CPU kernels are
-  mostly fp32 and would insert casts). :mod:`app.model.runtime` uses it only on CUDA.
+  mostly fp32 and would insert casts). :mod:`app.serving.runtime` uses it only on CUDA.
 
 The measured numbers for a randomly initialised demo model may be more pessimistic than for
 the trained checkpoint (random decoders amplify rounding); re-run ``ecgfm-ked quantize`` on
@@ -38,11 +38,11 @@ from typing import Any
 import numpy as np
 
 from app.errors import ServiceError
-from app.model import bundle as B
+from app.serving import bundle as B
 
-INT8_FILE = "ecg_tqn.int8.onnx"
-FP16_FILE = "ecg_tqn.fp16.onnx"
-PRECISION_FILES = {"fp32": B.ECG_TQN, "int8": INT8_FILE, "fp16": FP16_FILE}
+INT8_FILE = B.ECG_TQN_INT8
+FP16_FILE = B.ECG_TQN_FP16
+PRECISION_FILES = B.PRECISION_FILES
 MANIFEST_KEY = "precision_variants"
 MATMULS_PER_LAYER = 14  # self-attn q,k,v,scores,context,out; cross-attn the same six; ffn 2
 

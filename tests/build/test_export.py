@@ -1,4 +1,4 @@
-"""Export to an ONNX bundle (app/model/export.py): manifest, parity with PyTorch on real
+"""Export to an ONNX bundle (app/build/export.py): manifest, parity with PyTorch on real
 record windows at several batch and label counts, dynamic axes, refusal to clobber.
 
 The bundle is the session's ``small_bundle`` (full-size ECG encoder, 2-layer TQN, small BERT)
@@ -22,10 +22,10 @@ import torch
 import transformers
 
 from app.errors import CheckpointError
-from app.model import bundle as B
-from app.model.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, file_sha256, read_checkpoint
-from app.model.export import OPSET, export_bundle
-from app.model.tokenizer import encode, load_tokenizer
+from app.serving import bundle as B
+from app.build.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, file_sha256, read_checkpoint
+from app.build.export import OPSET, export_bundle
+from app.serving.tokenizer import encode, load_tokenizer
 
 BATCHES = (1, 2, 16)
 LABELS = (1, 5, 71)
@@ -174,7 +174,7 @@ def test_export_into_a_non_empty_directory_is_refused(small_checkpoint, tmp_path
 @pytest.mark.slow
 def test_full_size_demo_checkpoint_exports_with_parity(tmp_path, real_windows, label_texts) -> None:
     """163.7 M parameters (Bio_ClinicalBERT config, 7-layer TQN): export time and peak RSS."""
-    from app.model import demo
+    from app.build import demo
 
     started = time.perf_counter()
     vocab = demo.train_demo_vocab(label_texts)

@@ -36,6 +36,10 @@ TEXT_ENCODER = "text_encoder.onnx"
 LABEL_STATE = "label_state.onnx"
 ECG_TQN_PREPARED = "ecg_tqn_prepared.onnx"
 PREPARED_GRAPHS = (LABEL_STATE, ECG_TQN_PREPARED)
+# ecg_tqn variants written by `ecgfm-ked quantize` (app.build.precision), by precision
+ECG_TQN_INT8 = "ecg_tqn.int8.onnx"
+ECG_TQN_FP16 = "ecg_tqn.fp16.onnx"
+PRECISION_FILES = {"fp32": ECG_TQN, "int8": ECG_TQN_INT8, "fp16": ECG_TQN_FP16}
 TOKENIZER_JSON = "tokenizer/tokenizer.json"
 VOCAB = "tokenizer/vocab.txt"
 TEXT_CONFIG = "text_model/config.json"

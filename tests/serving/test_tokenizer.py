@@ -1,4 +1,4 @@
-"""Tokenisation with the upstream semantics (app/model/tokenizer.py).
+"""Tokenisation with the upstream semantics (app/serving/tokenizer.py).
 
 Bio_ClinicalBERT's vocabulary is cased but the model was trained with lower-casing forced
 on; every text is ``[CLS] ... [SEP]``, truncated to 256 tokens keeping the final ``[SEP]``,
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from app.errors import BundleError
-from app.model.tokenizer import MAX_TOKENS, build_tokenizer, encode, load_tokenizer
+from app.serving.tokenizer import MAX_TOKENS, build_tokenizer, encode, load_tokenizer
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 # Cased entries come first: a tokenizer that did not lower-case would use them.

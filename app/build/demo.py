@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from app.model.ecg_encoder import Bottleneck, EcgEncoder, EcgEncoderSpec
-from app.model.text_encoder import TextEncoder, load_bert_config
-from app.model.tqn import TQN, TqnSpec
+from app.build.ecg_encoder import Bottleneck, EcgEncoder, EcgEncoderSpec
+from app.build.text_encoder import TextEncoder, load_bert_config
+from app.build.tqn import TQN, TqnSpec
 
 BIO_CLINICAL_BERT_CONFIG = {
     "architectures": ["BertModel"],
@@ -221,7 +221,7 @@ def build_demo_bundle(
     import tempfile
 
     from app.errors import CheckpointError
-    from app.model.export import export_bundle
+    from app.build.export import export_bundle
 
     # Refuse before the (slow) vocabulary/checkpoint work, not after it; export checks again.
     out_dir = Path(out_dir)

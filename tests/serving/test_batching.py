@@ -1,4 +1,4 @@
-"""Tests for app.model.batching.DynamicBatcher with real asyncio loops and real threads.
+"""Tests for app.serving.batching.DynamicBatcher with real asyncio loops and real threads.
 
 Nothing is mocked: ``fn`` is a plain function run in the batcher's worker thread (some
 use ``time.sleep`` to stand in for model time). Each test runs its own event loop via
@@ -14,7 +14,7 @@ import time
 import pytest
 
 from app.errors import ModelNotReady
-from app.model.batching import BatchError, BatchStats, DynamicBatcher, IncomingWork
+from app.serving.batching import BatchError, BatchStats, DynamicBatcher, IncomingWork
 
 LIMIT = 10.0  # upper bound for any await in a test
 

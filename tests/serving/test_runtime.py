@@ -1,4 +1,4 @@
-"""ONNX Runtime sessions over a real bundle (app/model/runtime.py)."""
+"""ONNX Runtime sessions over a real bundle (app/serving/runtime.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 from app.errors import BundleError, InvalidInput
-from app.model import bundle as B
-from app.model.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime, resolve_lanes
+from app.serving import bundle as B
+from app.serving.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime, resolve_lanes
 
 
 def cuda_usable() -> bool:
@@ -32,7 +32,7 @@ def test_provider_in_use_is_read_from_the_sessions(runtime) -> None:
 
 
 def test_auto_reports_what_onnx_runtime_actually_uses(small_bundle, tmp_path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="app.model.runtime"):
+    with caplog.at_level(logging.WARNING, logger="app.serving.runtime"):
         rt = load_runtime(small_bundle, RuntimeOptions(provider="auto", optimized_model_dir=tmp_path / "opt"))
     assert rt.info.provider == rt._sessions[B.ECG_TQN_PREPARED].get_providers()[0]
     if not cuda_usable():
