@@ -45,8 +45,6 @@ def _key(name: str) -> str:
 
 def canonical_lead(name: str) -> str | None:
     """Standard lead name for a spelling variant, or None for a non-standard lead."""
-    if not isinstance(name, str):
-        return None
     return _BY_KEY.get(_key(name))
 
 

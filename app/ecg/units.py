@@ -40,7 +40,7 @@ def mv_factor(unit: str | None) -> float | None:
 
 def to_millivolts_factor(unit: str) -> float:
     """Factor that converts samples in ``unit`` to millivolts (mV, uV/µV, V, nV)."""
-    if not isinstance(unit, str) or not unit.strip():
+    if not unit.strip():
         raise UnsupportedSignal("no signal unit given; expected one of mV, uV, V, nV")
     factor = mv_factor(unit)
     if factor is None:

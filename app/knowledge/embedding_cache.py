@@ -17,8 +17,8 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from app.knowledge import db
-from app.lru import LruCache
 from app.knowledge.types import CacheStats, LabelSet, TextEmbedder
+from app.lru import LruCache
 
 DEFAULT_DIM = 768
 

@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, Row, delete, insert, select, update
+from sqlalchemy import CursorResult, Engine, Row, Select, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -93,7 +93,7 @@ class KnowledgeStore:
                 raise _label_exists(existing)
             stamp = db.now()
             values = _label_values(draft) | {"builtin": builtin, "created_at": stamp}
-            label_id = conn.execute(insert(db.labels).values(**values)).inserted_primary_key[0]
+            label_id = _inserted_id(conn.execute(insert(db.labels).values(**values)))
             _add_to_sets(conn, label_id, draft.label_sets)
             return _to_label(_label_row(conn, label_id))
 
@@ -165,7 +165,7 @@ class KnowledgeStore:
                 raise _set_exists(existing)
             label_ids = _label_ids(conn, draft.label_names)
             stamp = db.now()
-            set_id = conn.execute(
+            set_id = _inserted_id(conn.execute(
                 insert(db.label_sets).values(
                     name=draft.name,
                     name_key=name_key(draft.name),
@@ -175,7 +175,7 @@ class KnowledgeStore:
                     created_at=stamp,
                     updated_at=stamp,
                 )
-            ).inserted_primary_key[0]
+            ))
             _write_members(conn, set_id, label_ids)
             return _refresh_set(conn, set_id)
 
@@ -442,7 +442,15 @@ def _member_ids(conn: Connection, set_id: int) -> list[int]:
     )
 
 
-def _members_query():  # type: ignore[no-untyped-def]
+def _inserted_id(result: CursorResult[Any]) -> int:
+    """The primary key of the row a single-row INSERT just wrote."""
+    key = result.inserted_primary_key
+    if key is None:  # SQLAlchemy gives None only for executemany or a statement that is no INSERT
+        raise RuntimeError("the INSERT reported no primary key")
+    return int(key[0])
+
+
+def _members_query() -> Select[*tuple[Any, ...]]:
     members = db.label_set_members
     return (
         select(members.c.set_id, db.labels)

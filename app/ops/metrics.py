@@ -64,9 +64,9 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
-    disable_created_metrics,
     values,
 )
 

@@ -98,12 +98,12 @@ def discover(directory: Path) -> list[tuple[FormatReader, Path]]:
             f"files in no supported format: {', '.join(names)} (supported: {_supported_text()})",
             details={"files": names},
         )
-    records = [(claimed[p], p) for p in free if claimed[p] is not None]
+    records = [(reader, p) for p in free if (reader := claimed[p]) is not None]
     if not records:
         raise UnsupportedFormat(
             f"the upload contains no ECG record (supported: {_supported_text()})"
         )
-    return records  # type: ignore[return-value]
+    return records
 
 
 def read_any(path: Path, hints: ReadHints = ReadHints()) -> Recording:
@@ -114,10 +114,10 @@ def read_any(path: Path, hints: ReadHints = ReadHints()) -> Recording:
             raise InvalidInput(f"{path.name} holds {len(records)} records; expected exactly one")
         reader, record_path = records[0]
         return reader.read(record_path, hints)
-    reader = sniff(path)
-    if reader is None:
+    sniffed = sniff(path)
+    if sniffed is None:
         raise UnsupportedFormat(
             f"{path.name} is in no supported format (supported: {_supported_text()})",
             details={"files": [path.name]},
         )
-    return reader.read(path, hints)
+    return sniffed.read(path, hints)

@@ -87,7 +87,7 @@ def nonfinite_warning(signals: np.ndarray, names: tuple[str, ...]) -> list[Signa
     if not bad.any():
         return []
     signals[bad] = np.nan
-    leads = tuple(n for n, row in zip(names, bad) if row.any())
+    leads = tuple(n for n, row in zip(names, bad, strict=True) if row.any())
     return [
         SignalWarning(
             "nan_samples",

@@ -34,14 +34,13 @@ def root_name_from_head(head: bytes) -> str | None:
 
 def parse_xml(path: Path, label: str) -> Element:
     """Parse with defusedxml; every failure becomes MalformedFile naming the problem."""
-    import defusedxml.ElementTree as DET
-    from defusedxml import DefusedXmlException
     from xml.etree.ElementTree import ParseError
 
+    import defusedxml.ElementTree as DET
+    from defusedxml import DefusedXmlException
+
     try:
-        return DET.parse(
-            str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True
-        ).getroot()
+        root = DET.parse(str(path), forbid_dtd=False, forbid_entities=True, forbid_external=True).getroot()
     except DefusedXmlException as exc:
         raise MalformedFile(
             f"{label} XML refused: it declares entities or references external resources "
@@ -51,6 +50,9 @@ def parse_xml(path: Path, label: str) -> Element:
         raise MalformedFile(f"{label} XML is not well-formed (truncated?): {exc}") from None
     except (OSError, ValueError) as exc:
         raise MalformedFile(f"{label} XML cannot be read: {exc}") from None
+    if root is None:  # a parsed document always has a root; typeshed allows None for empty trees
+        raise MalformedFile(f"{label} XML has no root element")
+    return root
 
 
 def parse_root(path: Path, label: str, root_name: str) -> Element:

@@ -31,14 +31,14 @@ def _lead_array(name: object, values: object) -> np.ndarray:
 
 
 def recording_from_arrays(
-    leads: Mapping[str, Sequence[float]], sampling_rate: float, units: str = "mV"
+    leads: Mapping[str, Sequence[float | None]], sampling_rate: float, units: str = "mV"
 ) -> Recording:
     """One ``Recording`` (source_format "json") from lead name -> samples.
 
     Missing samples may be given as null (or NaN/inf); they are kept as NaN for
     preprocessing to count. Raises InvalidInput / UnsupportedSignal naming the problem.
     """
-    if not isinstance(leads, Mapping) or not leads:
+    if not leads:
         raise InvalidInput("no leads given; expected an object mapping lead names to samples")
     fs = check_sampling_rate(sampling_rate)
     factor = to_millivolts_factor(units)

@@ -21,9 +21,20 @@ class ReadHints:
 
 
 class FormatReader(Protocol):
-    name: str
-    title: str
-    extensions: tuple[str, ...]
+    """One file format. Readers are immutable descriptions, so the data members are read-only:
+    a plain class attribute such as ``extensions = (".npy",)`` satisfies them."""
+
+    @property
+    def name(self) -> str:
+        """Machine name, stable across releases (used in /formats and in error details)."""
+
+    @property
+    def title(self) -> str:
+        """Human-readable description of the format."""
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """Usual file name endings, for documentation only: detection goes by content."""
 
     def claims(self, path: Path, head: bytes) -> bool:
         """True if the file's content (``head`` = its first bytes) is this format."""

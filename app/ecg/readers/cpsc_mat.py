@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from app.ecg.readers._common import hinted_lead_names, hinted_mv_factor, hinted_rate
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.errors import MalformedFile
 
@@ -97,4 +97,4 @@ class CpscMatReader:
         )
 
 
-READER = CpscMatReader()
+READER: FormatReader = CpscMatReader()

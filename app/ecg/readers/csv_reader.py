@@ -20,7 +20,7 @@ import numpy as np
 
 from app.ecg.leads import is_lead_name, strip_lead_prefix
 from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.ecg.units import mv_factor
 from app.errors import InvalidInput, MalformedFile
@@ -165,7 +165,9 @@ class CsvReader:
         )
 
     @staticmethod
-    def _to_float(cells, body, col_names, decimal_comma: bool) -> np.ndarray:
+    def _to_float(
+        cells: list[list[str]], body: list[tuple[int, list[str]]], col_names: list[str], decimal_comma: bool
+    ) -> np.ndarray:
         def conv(s: str) -> float:
             s = s.strip()
             if s == "":
@@ -223,4 +225,4 @@ class CsvReader:
         return float(round(fs_time, 3))
 
 
-READER = CsvReader()
+READER: FormatReader = CsvReader()

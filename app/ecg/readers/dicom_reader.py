@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
@@ -136,7 +136,7 @@ class DicomEcgReader:
     def read(self, path: Path, hints: ReadHints = ReadHints()) -> Recording:
         import pydicom
         from pydicom.errors import InvalidDicomError
-        from pydicom.waveforms import multiplex_array
+        from pydicom.waveforms.numpy_handler import multiplex_array
 
         try:
             ds = pydicom.dcmread(str(path))
@@ -238,7 +238,7 @@ class DicomEcgReader:
             raise MalformedFile(f"DICOM ECG waveform is malformed: {exc}") from None
 
         if np.isnan(signals).any():
-            bad = tuple(n for n, row in zip(names, signals) if np.isnan(row).any())
+            bad = tuple(n for n, row in zip(names, signals, strict=True) if np.isnan(row).any())
             warnings.append(
                 SignalWarning("nan_samples", "padding samples set to NaN", bad)
             )
@@ -260,4 +260,4 @@ class DicomEcgReader:
         )
 
 
-READER = DicomEcgReader()
+READER: FormatReader = DicomEcgReader()

@@ -11,14 +11,18 @@ the lead name; the header's patient and recording fields are never read into met
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.ecg.leads import is_lead_name, strip_lead_prefix
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
+
+if TYPE_CHECKING:
+    import pyedflib  # only for the annotation: the runtime import stays lazy in read()
 
 MAGIC = b"0       "
 
@@ -102,11 +106,12 @@ class EdfReader:
             )
         # samples per data record: ns fields of 8 bytes at offset 216 * ns in the signal header
         off = ns * 216
-        per_record = [_int_field(sig[off + 8 * i : off + 8 * i + 8]) for i in range(ns)]
-        if any(n is None or n < 0 for n in per_record):
+        fields = [_int_field(sig[off + 8 * i : off + 8 * i + 8]) for i in range(ns)]
+        per_record = [n for n in fields if n is not None and n >= 0]
+        if len(per_record) != ns:
             raise MalformedFile("EDF signal header has an invalid number of samples per data record")
         if n_records >= 0:
-            expected = hdr_bytes + n_records * 2 * sum(per_record)  # type: ignore[arg-type]
+            expected = hdr_bytes + n_records * 2 * sum(per_record)
             if size < expected:
                 raise MalformedFile(
                     f"EDF file is truncated: its header promises {n_records} data records "
@@ -114,7 +119,7 @@ class EdfReader:
                 )
         return head[192:236].decode("ascii").strip()
 
-    def _read_open(self, f, *, discontinuous: bool) -> Recording:
+    def _read_open(self, f: pyedflib.EdfReader, *, discontinuous: bool) -> Recording:
         n = f.signals_in_file
         labels = [f.getLabel(i).strip() for i in range(n)]
         dims = [f.getPhysicalDimension(i).strip() for i in range(n)]
@@ -161,14 +166,16 @@ class EdfReader:
         if length == 0:
             raise MalformedFile("EDF lead signals hold no samples")
         signals = np.empty((len(leads), length), dtype=np.float64)
-        for row, (i, fac) in enumerate(zip(leads, factors)):
+        for row, (i, fac) in enumerate(zip(leads, factors, strict=True)):
             signals[row] = f.readSignal(i, 0, length, digital=False) * fac
 
         names = tuple(strip_lead_prefix(labels[i]) for i in leads)
         warnings: list[SignalWarning] = []
         if ignored:
             warnings.append(
-                SignalWarning("ignored_signals", f"EDF signals that are not ECG leads were ignored: {', '.join(ignored)}")
+                SignalWarning(
+                    "ignored_signals", f"EDF signals that are not ECG leads were ignored: {', '.join(ignored)}"
+                )
             )
         filetype = {0: "EDF", 1: "EDF+", 2: "BDF", 3: "BDF+"}.get(int(f.filetype), str(f.filetype))
         if discontinuous:
@@ -187,4 +194,4 @@ class EdfReader:
         )
 
 
-READER = EdfReader()
+READER: FormatReader = EdfReader()

@@ -23,6 +23,7 @@ import base64
 import binascii
 import re
 from pathlib import Path
+from typing import Any
 from xml.etree.ElementTree import Element
 
 import numpy as np
@@ -30,7 +31,7 @@ import numpy as np
 from app.ecg.leads import LIMB_LEADS_FROM_I_II
 from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
@@ -38,9 +39,13 @@ from app.errors import MalformedFile, UnsupportedSignal
 FORMAT_LABEL = "GE MUSE XML"
 
 
-def _number(el: Element, name: str, what: str, *, required: bool = True) -> float | None:
-    v = parse_number(text_of(child(el, name)), FORMAT_LABEL, f"{what} {name}")
-    if v is None and required:
+def _optional_number(el: Element, name: str, what: str) -> float | None:
+    return parse_number(text_of(child(el, name)), FORMAT_LABEL, f"{what} {name}")
+
+
+def _number(el: Element, name: str, what: str) -> float:
+    v = _optional_number(el, name, what)
+    if v is None:
         raise MalformedFile(f"{FORMAT_LABEL}: {what} has no {name}")
     return v
 
@@ -56,12 +61,12 @@ class GeMuseReader(XmlRootReader):
         if not waveforms:
             raise MalformedFile(f"{FORMAT_LABEL}: no Waveform element")
         types = [text_of(child(w, "WaveformType")) for w in waveforms]
-        rhythm = [w for w, t in zip(waveforms, types) if t.lower() == "rhythm"]
+        rhythm = [w for w, t in zip(waveforms, types, strict=True) if t.lower() == "rhythm"]
         warnings: list[SignalWarning] = []
         if rhythm:
             wf = rhythm[0]
         else:
-            non_median = [w for w, t in zip(waveforms, types) if t.lower() != "median"]
+            non_median = [w for w, t in zip(waveforms, types, strict=True) if t.lower() != "median"]
             wf = non_median[0] if non_median else waveforms[0]
             if not non_median:
                 warnings.append(
@@ -70,9 +75,9 @@ class GeMuseReader(XmlRootReader):
         wtype = text_of(child(wf, "WaveformType")) or "(unnamed)"
         what = f"{wtype} waveform"
 
-        base = _number(wf, "SampleBase", what, required=False)
+        base = _optional_number(wf, "SampleBase", what)
         if base is not None:
-            base *= 10.0 ** (_number(wf, "SampleExponent", what, required=False) or 0.0)
+            base *= 10.0 ** (_optional_number(wf, "SampleExponent", what) or 0.0)
         fs = file_or_hinted_rate(
             base, hints, f"{FORMAT_LABEL}: {what} has no SampleBase (sampling rate)"
         )
@@ -110,7 +115,7 @@ class GeMuseReader(XmlRootReader):
                     "(expected int16 samples)"
                 )
             samples = np.frombuffer(raw, dtype="<i2")
-            count = _number(ld, "LeadSampleCountTotal", lwhat, required=False)
+            count = _optional_number(ld, "LeadSampleCountTotal", lwhat)
             if count is not None:
                 count = int(count)
                 if samples.size < count:
@@ -127,7 +132,7 @@ class GeMuseReader(XmlRootReader):
             raise MalformedFile(f"{FORMAT_LABEL}: duplicate LeadID in {names}")
         signals = stack_leads(rows, warnings)
         missing = [x for x in LIMB_LEADS_FROM_I_II if x not in names]
-        metadata: dict = {"waveform_type": wtype, "lsb_mV": lsb}
+        metadata: dict[str, Any] = {"waveform_type": wtype, "lsb_mV": lsb}
         if missing:
             metadata["derive_limb_leads"] = (
                 f"GE MUSE stores only {', '.join(names)}; limb leads {', '.join(missing)} "
@@ -139,4 +144,4 @@ class GeMuseReader(XmlRootReader):
         )
 
 
-READER = GeMuseReader()
+READER: FormatReader = GeMuseReader()

@@ -26,8 +26,8 @@ import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
-from app.ecg.readers._xml import XmlRootReader, child, children, parse_root
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
@@ -45,9 +45,9 @@ def _code(el: Element) -> str:
 
 
 def _pq(el: Element | None, what: str) -> tuple[float, str]:
-    if el is None or el.get("value") in (None, ""):
+    v = parse_number(el.get("value") if el is not None else None, FORMAT_LABEL, f"{what} value")
+    if el is None or v is None:
         raise MalformedFile(f"{FORMAT_LABEL}: {what} has no value")
-    v = parse_number(el.get("value"), FORMAT_LABEL, f"{what} value")
     return v, (el.get("unit") or "").strip()
 
 
@@ -141,16 +141,16 @@ class HL7AecgReader(XmlRootReader):
                         f"{FORMAT_LABEL}: lead {lead} scale unit {sunit!r} is not a voltage unit"
                     )
                 of = mv_factor(ounit) or sf
-                digits_el = child(value, "digits")
-                if digits_el is None or not (digits_el.text or "").strip():
+                digits_text = text_of(child(value, "digits"))
+                if not digits_text:
                     raise MalformedFile(f"{FORMAT_LABEL}: lead {lead} has no digits")
                 try:
-                    digits = np.array(digits_el.text.split(), dtype=np.float64)
+                    digits = np.array(digits_text.split(), dtype=np.float64)
                     if not np.isfinite(digits).all():
                         raise ValueError
                 except ValueError:
                     bad = next(
-                        (t for t in digits_el.text.split() if not re.fullmatch(r"[-+]?\d+", t)), "?"
+                        (t for t in digits_text.split() if not re.fullmatch(r"[-+]?\d+", t)), "?"
                     )
                     raise MalformedFile(
                         f"{FORMAT_LABEL}: lead {lead} digits contain a non-number {bad[:20]!r}"
@@ -173,4 +173,4 @@ class HL7AecgReader(XmlRootReader):
         )
 
 
-READER = HL7AecgReader()
+READER: FormatReader = HL7AecgReader()

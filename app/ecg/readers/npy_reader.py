@@ -14,7 +14,7 @@ import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.errors import InvalidInput, MalformedFile
 
@@ -101,4 +101,4 @@ class NpyReader:
         )
 
 
-READER = NpyReader()
+READER: FormatReader = NpyReader()

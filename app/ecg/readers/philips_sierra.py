@@ -32,7 +32,7 @@ import numpy as np
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import file_or_hinted_rate, parse_number
 from app.ecg.readers._xml import XmlRootReader, child, local, parse_root, text_of
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.ecg.units import to_millivolts_factor
 from app.errors import MalformedFile, UnsupportedSignal
@@ -180,7 +180,7 @@ class PhilipsSierraReader(XmlRootReader):
                 ):
                     _reconstruct_limb(leads)
                 if duration_ms:
-                    want = int(round(duration_ms * fs / 1000.0))
+                    want = round(duration_ms * fs / 1000.0)
                     short = min(x.size for x in leads)
                     if short < want:
                         raise MalformedFile(
@@ -217,7 +217,7 @@ class PhilipsSierraReader(XmlRootReader):
 def _split(flat: np.ndarray, n_leads: int, duration_ms: float | None, fs: float) -> list[np.ndarray]:
     """Uncompressed data: lead after lead, each ``duration * fs`` samples."""
     if duration_ms:
-        per = int(round(duration_ms * fs / 1000.0))
+        per = round(duration_ms * fs / 1000.0)
     else:
         per = flat.size // n_leads
     if per <= 0 or flat.size < per * n_leads:
@@ -228,4 +228,4 @@ def _split(flat: np.ndarray, n_leads: int, duration_ms: float | None, fs: float)
     return [flat[k * per:(k + 1) * per] for k in range(n_leads)]
 
 
-READER = PhilipsSierraReader()
+READER: FormatReader = PhilipsSierraReader()

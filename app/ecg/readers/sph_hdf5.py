@@ -13,7 +13,9 @@ float16 keeps 11 significant bits: a value is within |x| * 2**-11 of what was wr
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from app.ecg.readers._common import (
     hinted_rate,
     nonfinite_warning,
 )
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.errors import InvalidInput, MalformedFile
 
@@ -32,7 +34,14 @@ MAGIC = b"\x89HDF\r\n\x1a\n"
 _RATE_ATTRS = ("fs", "sampling_rate", "sample_rate", "frequency")
 
 
-def _rate_attr(*objs) -> float | None:
+class _HasAttrs(Protocol):
+    """An h5py Dataset, Group or File: anything with HDF5 attributes."""
+
+    @property
+    def attrs(self) -> Mapping[str, object]: ...
+
+
+def _rate_attr(*objs: _HasAttrs) -> float | None:
     for obj in objs:
         for key in _RATE_ATTRS:
             if key in obj.attrs:
@@ -124,4 +133,4 @@ class SphHdf5Reader:
         )
 
 
-READER = SphHdf5Reader()
+READER: FormatReader = SphHdf5Reader()

@@ -44,7 +44,7 @@ except ImportError:  # pragma: no cover - depends on the installed wfdb
     wfdb_header = None
     _WFDB_PATTERNS = False
 
-from app.ecg.readers.base import ReadHints
+from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.ecg.units import check_sampling_rate, to_millivolts_factor
 from app.errors import (
@@ -269,7 +269,7 @@ def _record_line_ok(line: str, header: _Header) -> tuple[int, int | None] | None
     if match["base_time"]:
         wfdb_header.wfdb_strptime(match["base_time"])
     if match["base_date"]:
-        datetime.datetime.strptime(match["base_date"], "%d/%m/%Y")
+        datetime.datetime.strptime(match["base_date"], "%d/%m/%Y")  # noqa: DTZ007 -- validates the format only
     n_sig = int(match["n_sig"])
     sig_len = _optional_int(match["sig_len"])
     if n_sig != len(header.signals) or sig_len != header.n_samples:
@@ -348,7 +348,7 @@ def _simple_plan(text: str, header: _Header, files: dict[str, Path]) -> _SimpleP
         record = _record_line_ok(lines[0], header)
         if record is None or len(lines) != record[0] + 1:
             return None
-        for index, (line, spec) in enumerate(zip(lines[1:], header.signals)):
+        for index, (line, spec) in enumerate(zip(lines[1:], header.signals, strict=True)):
             signal = _signal_line(line, spec)
             if signal is None:
                 return None
@@ -575,4 +575,4 @@ class WfdbReader:
         )
 
 
-READER = WfdbReader()
+READER: FormatReader = WfdbReader()
