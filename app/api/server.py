@@ -1,4 +1,9 @@
-"""Start uvicorn (one or several worker processes) for ``ecgfm-ked serve``."""
+"""Start uvicorn (one or several worker processes) for ``ecgfm-ked serve``.
+
+Logging is the service's own (app/ops/logging.py, levels from ``ECGFM_LOG_LEVEL``), set up here
+and again in each worker process; uvicorn's logging config and access log are off (the request
+middleware writes the access lines).
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,38 @@ import os
 import shutil
 import sys
 import tempfile
+from typing import TYPE_CHECKING
 
 from app.errors import BundleError
-from app.serving.bundle import open_bundle
 from app.ops import metrics
+from app.ops.logging import configure_logging
 from app.ops.settings import Settings
+from app.serving.bundle import open_bundle
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
-def app_factory():
+def app_factory() -> FastAPI:
     """Import string target for uvicorn workers: settings come from the environment."""
     from app.api.main import create_app
 
-    return create_app(Settings())
+    settings = Settings()
+    configure_logging(settings.log_level)  # a worker process starts with none
+    return create_app(settings)
 
 
 def serve(settings: Settings) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_logging(settings.log_level)
+    except ValueError as exc:
+        sys.stderr.write(f"error [invalid_setting]: {exc}\n")
+        return 2
     try:
         open_bundle(settings.bundle_dir)
     except BundleError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
-        return 2
+        sys.stderr.write(f"error [{exc.code}]: {exc.message}\n")
+        return 1  # a runtime error (usage errors are 2)
     import uvicorn
 
     # Worker processes read settings from the environment: pass the resolved values down.
@@ -46,7 +62,7 @@ def serve(settings: Settings) -> int:
         metrics.prepare_multiproc_dir()
     try:
         uvicorn.run("app.api.server:app_factory", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_level="info", access_log=False)
+                    workers=settings.workers, log_config=None, log_level=None, access_log=False)
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.errors import CheckpointError
 from app.build.ecg_encoder import EcgEncoder, EcgEncoderSpec
 from app.build.text_encoder import TextEncoder, load_bert_config
 from app.build.tqn import TQN, TqnSpec
+from app.errors import CheckpointError
 
 SECTIONS = ("ecg_model", "model", "text_encoder")
 DEFAULT_TQN_LAYERS = 7

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from app.build.ecg_encoder import Bottleneck, EcgEncoder, EcgEncoderSpec
+from app.build.progress import Log, Progress
 from app.build.text_encoder import TextEncoder, load_bert_config
 from app.build.tqn import TQN, TqnSpec
+from app.contract import PRETRAINING
 
 BIO_CLINICAL_BERT_CONFIG = {
     "architectures": ["BertModel"],
@@ -63,8 +67,8 @@ BASE_CORPUS = (
 @dataclass(frozen=True)
 class DemoSizes:
     tqn_layers: int = 7
-    ecg: EcgEncoderSpec = EcgEncoderSpec()
-    bert_config: dict | None = None  # None: SMALL_BERT_CONFIG
+    ecg: EcgEncoderSpec = field(default_factory=EcgEncoderSpec)
+    bert_config: dict[str, Any] | None = None  # None: SMALL_BERT_CONFIG
 
 
 def randomise_batchnorm(module: nn.Module, generator: torch.Generator) -> None:
@@ -87,15 +91,19 @@ def randomise_batchnorm(module: nn.Module, generator: torch.Generator) -> None:
         # by ~0.1 in probability.
         for block in module.modules():
             if isinstance(block, Bottleneck):
-                last = block.convs[2][1]
+                stage = block.convs[2]
+                assert isinstance(stage, nn.Sequential)
+                last = stage[1]
+                assert isinstance(last, nn.BatchNorm1d)
                 last.weight.copy_(torch.empty(last.num_features).uniform_(0.1, 0.2, generator=generator))
-        # random walks of ~1 mV excursions, 12 leads x 10 s at 100 Hz
-        walk = torch.randn(16, 12, 1000, generator=generator).cumsum(-1) * 0.05
+        # random walks of ~1 mV excursions, in the pretraining window (12 leads x 10 s at 100 Hz)
+        walk = torch.randn(16, *PRETRAINING.window_shape, generator=generator).cumsum(-1) * 0.05
         module.train()
         module(walk - walk.mean(-1, keepdim=True))
         module.eval()
         for m in bns:
             m.momentum = 0.1
+            assert m.num_batches_tracked is not None  # track_running_stats is on
             m.num_batches_tracked.fill_(1000)
 
 
@@ -134,7 +142,7 @@ def widen_text_encoder(text: TextEncoder) -> None:
                 p.mul_(factor)
 
 
-def write_text_model_dir(out_dir: Path, bert_config: dict, vocab_tokens: list[str]) -> Path:
+def write_text_model_dir(out_dir: Path, bert_config: dict[str, Any], vocab_tokens: list[str]) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(bert_config, indent=2))
@@ -148,11 +156,11 @@ def train_demo_vocab(corpus: Iterable[str], *, vocab_size: int = 4000) -> list[s
     Used because Bio_ClinicalBERT's vocabulary cannot be downloaded offline. The ids it
     produces are valid for any embedding table with at least ``vocab_size`` rows.
     """
-    from tokenizers.implementations import BertWordPieceTokenizer
+    from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
 
     tok = BertWordPieceTokenizer(lowercase=True)
     texts = [BASE_CORPUS, *corpus]
-    tok.train_from_iterator(texts, vocab_size=vocab_size, min_frequency=1, show_progress=False)
+    tok.train_from_iterator(iter(texts), vocab_size=vocab_size, min_frequency=1, show_progress=False)
     vocab = tok.get_vocab()
     return [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
 
@@ -209,30 +217,36 @@ def build_demo_bundle(
     full_size_text: bool = False,
     tqn_layers: int = 7,
     seed: int = 0,
-    parity_windows=None,
-    log=lambda _msg: None,
+    parity_windows: np.ndarray | None = None,
+    log: Log = lambda _msg: None,
+    progress: bool | None = False,
     overwrite: bool = False,
 ) -> Path:
     """Random checkpoint in the real format -> exported bundle marked ``untrained``.
 
     The text encoder is a small BERT by default (fast to build); ``full_size_text`` uses the
-    Bio_ClinicalBERT configuration (110 M parameters) for realistic timings.
+    Bio_ClinicalBERT configuration (110 M parameters) for realistic timings. ``log`` and
+    ``progress`` as in ``export_bundle``: a line per step with its duration, a tqdm bar.
     """
     import tempfile
 
-    from app.errors import CheckpointError
     from app.build.export import export_bundle
+    from app.errors import CheckpointError
 
     # Refuse before the (slow) vocabulary/checkpoint work, not after it; export checks again.
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise CheckpointError(f"output directory {out_dir} is not empty (use --overwrite to replace it)")
-    bert = dict(BIO_CLINICAL_BERT_CONFIG if full_size_text else SMALL_BERT_CONFIG)
+    bert: dict[str, Any] = dict(BIO_CLINICAL_BERT_CONFIG if full_size_text else SMALL_BERT_CONFIG)
     texts = list(corpus)
-    vocab = train_demo_vocab(texts, vocab_size=min(4000, bert["vocab_size"]))
     with tempfile.TemporaryDirectory(prefix="ecgfm-demo-") as tmp:
-        text_dir = write_text_model_dir(Path(tmp) / "text_model", bert, vocab)
-        ckpt = build_demo_checkpoint(Path(tmp) / "demo_checkpoint.pt", text_dir, sizes=DemoSizes(tqn_layers=tqn_layers), seed=seed)
+        with Progress(2, "demo weights", log, bar=progress) as steps:
+            with steps.step("train the WordPiece vocabulary"):
+                vocab = train_demo_vocab(texts, vocab_size=min(4000, bert["vocab_size"]))
+                text_dir = write_text_model_dir(Path(tmp) / "text_model", bert, vocab)
+            with steps.step("build the random checkpoint"):
+                ckpt = build_demo_checkpoint(Path(tmp) / "demo_checkpoint.pt", text_dir,
+                                             sizes=DemoSizes(tqn_layers=tqn_layers), seed=seed)
         result = export_bundle(
             ckpt,
             text_dir,
@@ -240,6 +254,7 @@ def build_demo_bundle(
             parity_windows=parity_windows,
             parity_texts=texts[:71] if len(texts) >= 71 else None,
             log=log,
+            progress=progress,
             overwrite=overwrite,
             extra_manifest={
                 "untrained": True,

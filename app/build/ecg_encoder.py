@@ -77,7 +77,7 @@ class EcgEncoderSpec:
         return self.widths[-1] * self.expansion
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> "EcgEncoderSpec":
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor]) -> EcgEncoderSpec:
         """Read the architecture off the tensor shapes; missing keys fall back to defaults
         (the strict load that follows then names them)."""
         d = cls()

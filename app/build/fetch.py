@@ -30,10 +30,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import httpx
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 from app.errors import FetchError
 
@@ -176,7 +179,8 @@ def _already_verified(dest: Path, expected_md5: str | None, expected_size: int |
     if not dest.is_file():
         return None
     rec = _read_json(_verified_path(dest))
-    if rec is None or not isinstance(rec.get("sha256"), str):
+    sha256 = rec.get("sha256") if rec is not None else None
+    if rec is None or not isinstance(sha256, str):
         return None
     size = dest.stat().st_size
     if rec.get("size") != size:
@@ -185,7 +189,7 @@ def _already_verified(dest: Path, expected_md5: str | None, expected_size: int |
         return None
     if expected_md5 is not None and rec.get("md5") != expected_md5.lower():
         return None
-    return rec["sha256"]
+    return sha256
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -342,7 +346,7 @@ def _transfer(
         raise _Interrupted(have, expected_size, f"{type(exc).__name__}: {exc}", exc) from exc
 
 
-def _progress_bar(name: str, total: int | None, initial: int, enabled: bool):
+def _progress_bar(name: str, total: int | None, initial: int, enabled: bool) -> tqdm[Any]:
     from tqdm import tqdm
 
     return tqdm(
@@ -486,7 +490,8 @@ def zenodo_file_info(
             f"Zenodo record {record_id} at {base} has no file named {name} (files: {listed})",
             details={"record": str(record_id), "file": name},
         )
-    links = entry.get("links") if isinstance(entry.get("links"), dict) else {}
+    raw_links = entry.get("links")
+    links: dict[str, Any] = raw_links if isinstance(raw_links, dict) else {}
     link = links.get("content") or links.get("download") or links.get("self")
     if isinstance(link, str) and link:
         url = urljoin(meta_url, link)

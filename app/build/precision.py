@@ -30,13 +30,14 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from app.build.progress import Log, Progress
 from app.errors import ServiceError
 from app.serving import bundle as B
 
@@ -46,7 +47,6 @@ PRECISION_FILES = B.PRECISION_FILES
 MANIFEST_KEY = "precision_variants"
 MATMULS_PER_LAYER = 14  # self-attn q,k,v,scores,context,out; cross-attn the same six; ffn 2
 
-Log = Callable[[str], None]
 
 
 class PrecisionRejected(ServiceError):
@@ -59,7 +59,7 @@ class Bounds:
     min_top3_agreement: float = 0.95
     min_speedup: float | None = None  # None: fidelity alone decides whether a variant is written
 
-    def violations(self, fidelity: "Fidelity", speedup: float | None = None) -> list[str]:
+    def violations(self, fidelity: Fidelity, speedup: float | None = None) -> list[str]:
         out = []
         if fidelity.max_abs_diff > self.max_abs_diff:
             out.append(f"max |diff| {fidelity.max_abs_diff:.4f} > {self.max_abs_diff}")
@@ -165,7 +165,8 @@ def resolve_excluded(groups: dict[str, list[str]], keep_fp32: Iterable[str]) -> 
     return out
 
 
-def quantize_int8_dynamic(folded: Path, dst: Path, *, keep_fp32: Sequence[str] = (), per_channel: bool = True) -> dict:
+def quantize_int8_dynamic(folded: Path, dst: Path, *, keep_fp32: Sequence[str] = (),
+                          per_channel: bool = True) -> dict[str, Any]:
     """Dynamic int8 of every constant-weight MatMul except the groups in ``keep_fp32``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -189,16 +190,16 @@ class _Reader:
         self._batches = [windows[i : i + batch] for i in range(0, len(windows), batch)]
         self._vectors = vectors.astype(np.float32)
 
-    def get_next(self):
+    def get_next(self) -> dict[str, np.ndarray] | None:
         if not self._batches:
             return None
         return {"ecg": self._batches.pop(0).astype(np.float32), "label_features": self._vectors}
 
-    def rewind(self):  # pragma: no cover - not used by the calibrators we call
+    def rewind(self) -> None:  # pragma: no cover - not used by the calibrators we call
         pass
 
 
-def quantize_qdq_conv(folded: Path, dst: Path, calib_windows: np.ndarray, vectors: np.ndarray) -> dict:
+def quantize_qdq_conv(folded: Path, dst: Path, calib_windows: np.ndarray, vectors: np.ndarray) -> dict[str, Any]:
     """Static QDQ int8 of the ECG encoder's convolutions, calibrated on real windows."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -214,10 +215,10 @@ def quantize_qdq_conv(folded: Path, dst: Path, calib_windows: np.ndarray, vector
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
-    return {"method": "static QDQ int8 of Conv (ECG encoder)", "calibration_windows": int(len(calib_windows))}
+    return {"method": "static QDQ int8 of Conv (ECG encoder)", "calibration_windows": len(calib_windows)}
 
 
-def convert_fp16(src: Path, dst: Path) -> dict:
+def convert_fp16(src: Path, dst: Path) -> dict[str, Any]:
     """fp16 weights and arithmetic with fp32 inputs/outputs (for the CUDA provider)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -232,7 +233,7 @@ def convert_fp16(src: Path, dst: Path) -> dict:
 # --- measurement -------------------------------------------------------------------------
 
 
-def cpu_session(path: Path, *, intra_op_threads: int = 0):
+def cpu_session(path: Path, *, intra_op_threads: int = 0) -> Any:  # an onnxruntime.InferenceSession (untyped)
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -241,7 +242,8 @@ def cpu_session(path: Path, *, intra_op_threads: int = 0):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def run_batches(session, windows: np.ndarray, vectors: np.ndarray, batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def run_batches(session: Any, windows: np.ndarray, vectors: np.ndarray,
+                batch: int = 16) -> tuple[np.ndarray, np.ndarray]:
     probs, attn = [], []
     for i in range(0, len(windows), batch):
         p, a = session.run(None, {"ecg": windows[i : i + batch], "label_features": vectors})
@@ -256,7 +258,7 @@ def compare(ref: tuple[np.ndarray, np.ndarray], cand: tuple[np.ndarray, np.ndarr
     diff = np.abs(p1.astype(np.float64) - p0)
     top3_0 = np.argsort(-p0, axis=1)[:, :3]
     top3_1 = np.argsort(-p1, axis=1)[:, :3]
-    agree3 = np.mean([set(x) == set(y) for x, y in zip(top3_0, top3_1)])
+    agree3 = np.mean([set(x) == set(y) for x, y in zip(top3_0, top3_1, strict=True)])
     agree1 = np.mean(top3_0[:, 0] == top3_1[:, 0])
     ranked = -np.sort(-p0, axis=1)
     third = ranked[:, min(2, p0.shape[1] - 1)]
@@ -306,42 +308,58 @@ INT8_CANDIDATES: dict[str, tuple[str, ...]] = {
 }
 
 
-def study(bundle_dir: Path, windows: np.ndarray, vectors: np.ndarray, *, candidates: dict[str, tuple[str, ...]] | None = None,
+def study(bundle_dir: Path, windows: np.ndarray, vectors: np.ndarray, *,
+          candidates: dict[str, tuple[str, ...]] | None = None,
           qdq_conv: bool = True, fp16: bool = False, sensitivity: bool = False, bounds: Bounds = DEFAULT_BOUNDS,
-          repeats: int = 5, work_dir: Path | None = None, log: Log = lambda _m: None) -> dict[str, Any]:
-    """Build and measure every candidate; return reports (files stay in ``work_dir``)."""
+          repeats: int = 5, work_dir: Path | None = None, log: Log = lambda _m: None,
+          progress: bool | None = False) -> dict[str, Any]:
+    """Build and measure every candidate; return reports (files stay in ``work_dir``).
+
+    ``log``: a line per step with its duration; ``progress``: a tqdm bar on stderr (None: only
+    when stderr is a terminal)."""
     bundle_dir = Path(bundle_dir)
     src = bundle_dir / B.ECG_TQN
     work = Path(work_dir or tempfile.mkdtemp(prefix="ecgfm-precision-"))
     work.mkdir(parents=True, exist_ok=True)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     windows = np.ascontiguousarray(windows, dtype=np.float32)
+    cands = dict(INT8_CANDIDATES if candidates is None else candidates)
+    with Progress(1 + int(sensitivity) + len(cands) + int(qdq_conv) + int(fp16), "quantize", log,
+                  bar=progress) as steps:
+        return _study(src, work, windows, vectors, cands, qdq_conv=qdq_conv, fp16=fp16, sensitivity=sensitivity,
+                      bounds=bounds, repeats=repeats, steps=steps)
+
+
+def _study(src: Path, work: Path, windows: np.ndarray, vectors: np.ndarray, cands: dict[str, tuple[str, ...]], *,
+           qdq_conv: bool, fp16: bool, sensitivity: bool, bounds: Bounds, repeats: int,
+           steps: Progress) -> dict[str, Any]:
+    log = steps.log
     folded = work / "ecg_tqn.folded.onnx"
-    log("constant-folding ecg_tqn.onnx")
-    constant_fold(src, folded)
-    fp32 = cpu_session(src)
-    ref = run_batches(fp32, windows, vectors)
+    with steps.step("constant-fold ecg_tqn.onnx and score it in fp32"):
+        constant_fold(src, folded)
+        fp32 = cpu_session(src)
+        ref = run_batches(fp32, windows, vectors)
     reports: list[VariantReport] = []
     sensitivity_table: dict[str, float] = {}
-    cands = dict(INT8_CANDIDATES if candidates is None else candidates)
 
     if sensitivity:
-        # quantise one group at a time (everything else fp32): which groups move the output most
-        groups = matmul_groups(folded)
-        plain = [g for g in groups if "." not in g]
-        for g in plain:
-            path = work / f"sens_{g}.onnx"
-            quantize_int8_dynamic(folded, path, keep_fp32=[o for o in plain if o != g])
-            sensitivity_table[g] = compare(ref, run_batches(cpu_session(path), windows, vectors)).max_abs_diff
-            path.unlink()
-            log(f"sensitivity {g}: max|diff| {sensitivity_table[g]:.4f}")
+        with steps.step("sensitivity of each matmul group"):
+            # quantise one group at a time (everything else fp32): which groups move the output most
+            plain = [g for g in matmul_groups(folded) if "." not in g]
+            for g in plain:
+                path = work / f"sens_{g}.onnx"
+                quantize_int8_dynamic(folded, path, keep_fp32=[o for o in plain if o != g])
+                sensitivity_table[g] = compare(ref, run_batches(cpu_session(path), windows, vectors)).max_abs_diff
+                path.unlink()
+                log(f"sensitivity {g}: max|diff| {sensitivity_table[g]:.4f}")
 
-    def measure(name: str, path: Path, config: dict) -> VariantReport:
+    def measure(name: str, path: Path, config: dict[str, Any]) -> VariantReport:
         sess = cpu_session(path)
         fid = compare(ref, run_batches(sess, windows, vectors))
         times = time_sessions({"fp32": fp32, name: sess}, windows, vectors, repeats=repeats)
         speed = times["fp32"] / times[name]
-        rep = VariantReport(name, path.name, config, fid, round(times["fp32"], 1), round(times[name], 1), round(speed, 3))
+        rep = VariantReport(name, path.name, config, fid, round(times["fp32"], 1), round(times[name], 1),
+                            round(speed, 3))
         rep.violations = bounds.violations(fid, speed)
         rep.accepted = not rep.violations
         log(f"{name}: {speed:.2f}x fp32, max|diff| {fid.max_abs_diff:.4f}, top-3 {fid.top3_agreement:.3f}"
@@ -350,24 +368,25 @@ def study(bundle_dir: Path, windows: np.ndarray, vectors: np.ndarray, *, candida
 
     for name, keep in cands.items():
         path = work / f"{name}.onnx"
-        log(f"quantising {name} (fp32 kept: {list(keep) or 'none'})")
-        reports.append(measure(name, path, quantize_int8_dynamic(folded, path, keep_fp32=keep)))
+        with steps.step(f"quantise and measure {name} (fp32 kept: {', '.join(keep) or 'none'})"):
+            reports.append(measure(name, path, quantize_int8_dynamic(folded, path, keep_fp32=keep)))
     if qdq_conv:
         path = work / "qdq-conv.onnx"
-        log("static QDQ of the convolutions")
-        calib = windows[: min(len(windows), 32)]
-        reports.append(measure("qdq-conv", path, quantize_qdq_conv(folded, path, calib, vectors)))
+        with steps.step("static QDQ of the convolutions"):
+            calib = windows[: min(len(windows), 32)]
+            reports.append(measure("qdq-conv", path, quantize_qdq_conv(folded, path, calib, vectors)))
     if fp16:
         path = work / "fp16.onnx"
-        cfg = convert_fp16(src, path)
+        with steps.step("fp16 conversion"):
+            cfg = convert_fp16(src, path)
         reports.append(VariantReport("fp16", path.name, cfg, note="CUDA only; not timed on CPU"))
     return {"work_dir": str(work), "bounds": asdict(bounds), "reports": reports, "sensitivity": sensitivity_table,
-            "windows": int(len(windows)), "labels": int(len(vectors))}
+            "windows": len(windows), "labels": len(vectors)}
 
 
 def best_accepted(reports: list[VariantReport]) -> VariantReport | None:
-    ok = [r for r in reports if r.accepted and r.name.startswith("int8") and r.speedup is not None]
-    return max(ok, key=lambda r: r.speedup) if ok else None
+    timed = [(r.speedup, r) for r in reports if r.accepted and r.name.startswith("int8") and r.speedup is not None]
+    return max(timed, key=lambda pair: pair[0])[1] if timed else None
 
 
 def install_variant(bundle_dir: Path, report: VariantReport, built: Path, *, precision: str = "int8") -> Path:
@@ -388,7 +407,8 @@ def install_variant(bundle_dir: Path, report: VariantReport, built: Path, *, pre
         "variant_ms_batch16": report.variant_ms,
         "source_sha256": B.sha256_file(bundle_dir / B.ECG_TQN),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "note": "measured on this bundle's weights; random-weight demo models may be more sensitive than the trained one",
+        "note": "measured on this bundle's weights; random-weight demo models may be more sensitive than the "
+                "trained one",
     }
     manifest[MANIFEST_KEY] = variants
     B.write_manifest(bundle_dir, manifest)
@@ -397,13 +417,13 @@ def install_variant(bundle_dir: Path, report: VariantReport, built: Path, *, pre
 
 def produce_int8(bundle_dir: Path, windows: np.ndarray, vectors: np.ndarray, *, bounds: Bounds = DEFAULT_BOUNDS,
                  candidates: dict[str, tuple[str, ...]] | None = None, repeats: int = 5,
-                 log: Log = lambda _m: None) -> VariantReport:
+                 log: Log = lambda _m: None, progress: bool | None = False) -> VariantReport:
     """Build the int8 candidates, install the fastest one inside ``bounds``; else raise PrecisionRejected."""
     with tempfile.TemporaryDirectory(prefix="ecgfm-quantize-") as tmp:
         result = study(bundle_dir, windows, vectors, candidates=candidates, qdq_conv=False, bounds=bounds,
-                       repeats=repeats, work_dir=Path(tmp), log=log)
+                       repeats=repeats, work_dir=Path(tmp), log=log, progress=progress)
         best = best_accepted(result["reports"])
-        if best is None:
+        if best is None or best.file is None:
             raise PrecisionRejected(
                 "no int8 variant stays inside the fidelity bounds; nothing was written",
                 details={"bounds": asdict(bounds), "variants": [r.as_dict() for r in result["reports"]]},

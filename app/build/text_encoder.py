@@ -42,7 +42,8 @@ class TextEncoder(nn.Module):
         self.bert_model = BertModel(bert_config, add_pooling_layer=True)
         hidden = int(bert_config.hidden_size)
         self.mlp_embed = nn.Sequential(
-            nn.Linear(hidden, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim)
+            nn.Linear(hidden, embed_dim), nn.GELU(), nn.Linear(embed_dim, embed_dim), nn.GELU(),
+            nn.Linear(embed_dim, embed_dim),
         )
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # unused at inference
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,7 +49,8 @@ class MultiheadAttention(nn.Module):
         """Batch-first (B, L, D) inputs; returns (B, Lq, D) and weights averaged over heads (B, Lq, Lk)."""
         return self.attend(self.project_query(query), key, value)
 
-    def attend(self, projected_query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend(self, projected_query: torch.Tensor, key: torch.Tensor,
+               value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``forward`` with the query already through ``project_query``."""
         d = self.d_model
         w_k, w_v = self.in_proj_weight[d : 2 * d], self.in_proj_weight[2 * d :]
@@ -87,7 +89,8 @@ class DecoderLayer(nn.Module):
     def cross_query(self, q: torch.Tensor) -> torch.Tensor:
         return self.multihead_attn.project_query(self.norm2(q))
 
-    def attend_memory(self, q: torch.Tensor, cross_query: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def attend_memory(self, q: torch.Tensor, cross_query: torch.Tensor,
+                      memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attended, weights = self.multihead_attn.attend(cross_query, memory, memory)
         q = q + attended
         q = q + self.linear2(F.relu(self.linear1(self.norm3(q))))
@@ -100,6 +103,11 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d_model, n_heads, d_ff) for _ in range(n_layers))
         self.norm = norm  # the same module as TQN.decoder_norm (the checkpoint aliases it)
 
+    @property
+    def typed_layers(self) -> list[DecoderLayer]:
+        """``layers`` with their type (a ModuleList only knows it holds modules)."""
+        return [cast(DecoderLayer, layer) for layer in self.layers]
+
 
 @dataclass(frozen=True)
 class TqnSpec:
@@ -110,7 +118,7 @@ class TqnSpec:
     head_hidden: int = 2048
 
     @classmethod
-    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], *, n_layers: int, n_heads: int = 4) -> "TqnSpec":
+    def from_state_dict(cls, sd: Mapping[str, torch.Tensor], *, n_layers: int, n_heads: int = 4) -> TqnSpec:
         d = cls()
         norm = sd.get("decoder_norm.weight")
         ff = sd.get("decoder.layers.0.linear1.weight")
@@ -149,7 +157,7 @@ class TQN(nn.Module):
     def label_state(self, label_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(C, D) label features -> the first layer's work that does not depend on the ECG:
         queries after self-attention (C, D) and their cross-attention projection (C, D)."""
-        first = self.decoder.layers[0]
+        first = self.decoder.typed_layers[0]
         q = first.self_attend(self.decoder_norm(label_features).unsqueeze(0))  # (1, C, D)
         return q[0], first.cross_query(q)[0]
 
@@ -158,7 +166,7 @@ class TQN(nn.Module):
         """``forward`` from ``label_state``'s outputs: the same result, less work per ECG."""
         memory = self.decoder_norm(ecg_features.transpose(1, 2))
         b = memory.shape[0]
-        layers = self.decoder.layers
+        layers = self.decoder.typed_layers
         q, weights = layers[0].attend_memory(label_queries.unsqueeze(0).expand(b, -1, -1),
                                              label_cross_queries.unsqueeze(0).expand(b, -1, -1), memory)
         for layer in layers[1:]:

@@ -2,10 +2,12 @@
 
 Steps: pick the 12 standard leads by name (spelling variants mapped, other leads ignored),
 derive missing limb leads from I and II, set missing samples (NaN) to 0, resample the whole
-record to 100 Hz with ``scipy.signal.resample`` (FFT method), cut 10 s windows. No
-filtering, no normalisation; float32 millivolts.
+record to the contract's rate with ``scipy.signal.resample`` (FFT method), cut windows of the
+contract's length, leads in the contract's order. No filtering, no normalisation; float32
+millivolts. The contract (app/contract.py) is the served bundle's; by default the published
+model's: 100 Hz, 1000 samples (10 s), the standard lead order.
 
-Windows start at 0, 10, 20 s ...; when a tail remains after the last full window, one
+Windows start at 0, 10, 20 s ... (for 10 s windows); when a tail remains after the last full window, one
 final window ending exactly at the record's end is added (it overlaps the previous one).
 
 Quality warnings are computed on the 12 leads at the input rate, after NaN filling:
@@ -27,14 +29,12 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.signal import resample
 
+from app.contract import PRETRAINING, ModelContract
 from app.ecg.leads import LIMB_LEADS_FROM_I_II, STANDARD_LEADS, canonical_lead, derive_limb_leads
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import check_sampling_rate
 from app.errors import InvalidInput, MissingLeads, SignalTooShort, UnsupportedSignal
 
-TARGET_FS = 100
-WINDOW_SAMPLES = 1000
-WINDOW_S = WINDOW_SAMPLES / TARGET_FS
 MIN_PAD_S = 2.0
 FLAT_PTP_MV = 0.02
 CLIP_FRACTION = 0.01
@@ -44,7 +44,7 @@ RESAMPLE_ALL_LEADS_MAX_SAMPLES = 120_000  # 2 min at 1 kHz: resampled in one cal
 
 @dataclass
 class ModelInput:
-    windows: np.ndarray  # (N, 12, 1000) float32, mV, 100 Hz, STANDARD_LEADS order
+    windows: np.ndarray  # (N, leads, window_samples) float32, mV, at the contract's rate, in its lead order
     window_starts_s: list[float]
     derived_leads: list[str]
     warnings: list[SignalWarning]
@@ -134,16 +134,17 @@ def _may_be_clipped(signals: np.ndarray, ptp: np.ndarray) -> np.ndarray:
     limit = CLIP_FRACTION * signals.shape[1]
     at_max = (signals >= signals.max(axis=1, keepdims=True) - tolerance).sum(axis=1)
     at_min = (signals <= signals.min(axis=1, keepdims=True) + tolerance).sum(axis=1)
-    return (at_max > limit) | (at_min > limit)
+    clipped: np.ndarray = (at_max > limit) | (at_min > limit)
+    return clipped
 
 
-def _quality_warnings(signals: np.ndarray) -> list[SignalWarning]:
+def _quality_warnings(signals: np.ndarray, leads: tuple[str, ...]) -> list[SignalWarning]:
     ptp = np.ptp(signals, axis=1)
-    flat = tuple(lead for lead, p in zip(STANDARD_LEADS, ptp) if p < FLAT_PTP_MV)
+    flat = tuple(lead for lead, p in zip(leads, ptp, strict=True) if p < FLAT_PTP_MV)
     candidates = _may_be_clipped(signals, ptp)
     clipped = tuple(
         lead
-        for lead, x, p, maybe in zip(STANDARD_LEADS, signals, ptp, candidates)
+        for lead, x, p, maybe in zip(leads, signals, ptp, candidates, strict=True)
         if p >= FLAT_PTP_MV and maybe and _is_clipped(x)
     )
     found = []
@@ -154,9 +155,9 @@ def _quality_warnings(signals: np.ndarray) -> list[SignalWarning]:
     return found
 
 
-def _resample(signals: np.ndarray, fs: float) -> np.ndarray:
-    n_out = round(signals.shape[1] * TARGET_FS / fs)
-    if fs == TARGET_FS:
+def _resample(signals: np.ndarray, fs: float, target_fs: int) -> np.ndarray:
+    n_out = round(signals.shape[1] * target_fs / fs)
+    if fs == target_fs:
         return signals
     if n_out < 1:
         raise SignalTooShort(f"recording of {signals.shape[1]} samples is too short to resample")
@@ -166,25 +167,25 @@ def _resample(signals: np.ndarray, fs: float) -> np.ndarray:
     return np.stack([resample(row, n_out) for row in signals])
 
 
-def _pad(signals: np.ndarray, duration_s: float, pad: bool) -> np.ndarray:
+def _pad(signals: np.ndarray, duration_s: float, pad: bool, contract: ModelContract) -> np.ndarray:
     if not pad:
         raise SignalTooShort(
-            f"recording lasts {duration_s:.2f} s, shorter than one {WINDOW_S:g} s model window; "
+            f"recording lasts {duration_s:.2f} s, shorter than one {contract.window_s:g} s model window; "
             f"pass pad=true to zero-pad recordings of at least {MIN_PAD_S:g} s",
             details={"duration_s": round(duration_s, 3)},
         )
-    if signals.shape[1] < MIN_PAD_S * TARGET_FS:
+    if signals.shape[1] < MIN_PAD_S * contract.sampling_rate_hz:
         raise SignalTooShort(
             f"recording lasts {duration_s:.2f} s; padding needs at least {MIN_PAD_S:g} s of signal",
             details={"duration_s": round(duration_s, 3)},
         )
-    return np.pad(signals, ((0, 0), (0, WINDOW_SAMPLES - signals.shape[1])))
+    return np.pad(signals, ((0, 0), (0, contract.window_samples - signals.shape[1])))
 
 
-def _window_starts(n: int) -> list[int]:
-    starts = list(range(0, n - WINDOW_SAMPLES + 1, WINDOW_SAMPLES))
-    if starts[-1] + WINDOW_SAMPLES < n:
-        starts.append(n - WINDOW_SAMPLES)
+def _window_starts(n: int, window: int) -> list[int]:
+    starts = list(range(0, n - window + 1, window))
+    if starts[-1] + window < n:
+        starts.append(n - window)
     return starts
 
 
@@ -200,8 +201,10 @@ def _check_input(rec: Recording, max_duration_s: float) -> float:
     return fs
 
 
-def _twelve_leads(rec: Recording) -> tuple[np.ndarray, list[str], list[str], list[SignalWarning]]:
-    """(12, n) signals in STANDARD_LEADS order, leads read, leads derived, warnings."""
+def _twelve_leads(
+    rec: Recording, order: tuple[str, ...]
+) -> tuple[np.ndarray, list[str], list[str], list[SignalWarning]]:
+    """(12, n) signals in ``order`` (the standard leads), leads read, leads derived, warnings."""
     warnings: list[SignalWarning] = []
     picked, ignored = _select_leads(rec)
     leads_read = [lead for lead in STANDARD_LEADS if lead in picked]
@@ -212,37 +215,46 @@ def _twelve_leads(rec: Recording) -> tuple[np.ndarray, list[str], list[str], lis
     derived = _complete_leads(picked)
     if derived:
         warnings.append(_listed("derived_leads", "derived from I and II", tuple(derived)))
-    signals = np.stack([picked[lead] for lead in STANDARD_LEADS])
-    return signals, leads_read, derived, warnings + _quality_warnings(signals)
+    signals = np.stack([picked[lead] for lead in order])
+    return signals, leads_read, derived, warnings + _quality_warnings(signals, order)
 
 
-def _tail_warning(starts: list[int]) -> list[SignalWarning]:
-    if len(starts) < 2 or starts[-1] % WINDOW_SAMPLES == 0:
+def _tail_warning(starts: list[int], contract: ModelContract) -> list[SignalWarning]:
+    if len(starts) < 2 or starts[-1] % contract.window_samples == 0:
         return []
     text = (
-        f"last window starts at {starts[-1] / TARGET_FS:g} s so that it ends at the record's "
+        f"last window starts at {starts[-1] / contract.sampling_rate_hz:g} s so that it ends at the record's "
         "end; it overlaps the previous window"
     )
     return [SignalWarning("tail_window", text)]
 
 
-def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600.0) -> ModelInput:
-    """Model windows (N, 12, 1000) float32 from a Recording; pure, no I/O."""
+def _lead_order(contract: ModelContract) -> tuple[str, ...]:
+    if sorted(contract.lead_order) != sorted(STANDARD_LEADS):
+        raise ValueError(f"preprocessing produces the 12 standard leads, in any order; not {contract.lead_order}")
+    return contract.lead_order
+
+
+def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600.0,
+               contract: ModelContract = PRETRAINING) -> ModelInput:
+    """Model windows (N, 12, window_samples) float32 from a Recording, as ``contract`` says
+    (the served bundle's; by default the published model's 100 Hz, 10 s); pure, no I/O."""
     fs = _check_input(rec, max_duration_s)
-    signals, leads_read, derived, warnings = _twelve_leads(rec)
+    signals, leads_read, derived, warnings = _twelve_leads(rec, _lead_order(contract))
     warnings = list(rec.warnings) + warnings
-    resampled = _resample(signals, fs)
-    padded = resampled.shape[1] < WINDOW_SAMPLES
+    resampled = _resample(signals, fs, contract.sampling_rate_hz)
+    window = contract.window_samples
+    padded = resampled.shape[1] < window
     if padded:
-        resampled = _pad(resampled, rec.duration_s, pad)
-        text = f"recording of {rec.duration_s:.2f} s zero-padded at the end to {WINDOW_S:g} s"
+        resampled = _pad(resampled, rec.duration_s, pad, contract)
+        text = f"recording of {rec.duration_s:.2f} s zero-padded at the end to {contract.window_s:g} s"
         warnings.append(SignalWarning("padded", text))
-    starts = _window_starts(resampled.shape[1])
-    warnings += _tail_warning(starts)
-    windows = np.stack([resampled[:, s : s + WINDOW_SAMPLES] for s in starts])
+    starts = _window_starts(resampled.shape[1], window)
+    warnings += _tail_warning(starts, contract)
+    windows = np.stack([resampled[:, s : s + window] for s in starts])
     return ModelInput(
         windows=windows.astype(np.float32),
-        window_starts_s=[s / TARGET_FS for s in starts],
+        window_starts_s=[s / contract.sampling_rate_hz for s in starts],
         derived_leads=derived,
         warnings=warnings,
         source_format=rec.source_format,

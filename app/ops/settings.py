@@ -19,16 +19,23 @@ class Settings(BaseSettings):
     # model
     bundle_dir: Path = Field(Path("model_store/bundle"), description="model bundle directory")
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core, os.cpu_count())")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core, os.cpu_count())"
+    )
     inference_lanes: int = Field(
         0, ge=0, description="model calls that may run at once under load, each on intra_op_threads / lanes threads; "
         "a call with nothing else to do uses them all (0 = auto: 2 on a CPU with >= 2 cores, 1 on CUDA)")
     precision: Literal["fp32", "int8", "fp16"] = Field(
-        "fp32", description="ecg_tqn arithmetic: int8 needs ecg_tqn.int8.onnx from `ecgfm-ked quantize`; fp16 only on CUDA")
+        "fp32",
+        description="ecg_tqn arithmetic: int8 needs ecg_tqn.int8.onnx from `ecgfm-ked quantize`; fp16 only on CUDA",
+    )
 
     # storage
     data_dir: Path = Field(Path("data"), description="where the default SQLite database lives")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/ecgfm-ked.sqlite3")
+
+    # logs: a level, or a level and logger=level pairs (app/ops/logging.py), e.g. INFO,app.access=WARNING
+    log_level: str = Field("INFO", description="log levels, e.g. INFO or INFO,app.access=WARNING")
 
     # serving
     host: str = "127.0.0.1"

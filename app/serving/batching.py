@@ -68,7 +68,7 @@ class _Pending:
     key: Hashable
     item: Any
     weight: int
-    future: asyncio.Future
+    future: asyncio.Future[Any]
     enqueued: float = field(default=0.0)
 
 
@@ -102,12 +102,12 @@ class DynamicBatcher(Generic[T, R]):
         self._pending: deque[_Pending] = deque()
         self._pending_weight = 0
         self._unresolved: set[_Pending] = set()
-        self._inflight: set[asyncio.Task] = set()
+        self._inflight: set[asyncio.Task[None]] = set()
         self._inflight_items = 0
         self._running_calls = 0  # batches holding lanes (counted until their lanes are released)
         self._wakeup: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
-        self._collector: asyncio.Task | None = None
+        self._collector: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
@@ -164,7 +164,7 @@ class DynamicBatcher(Generic[T, R]):
         if drain:
             try:
                 await asyncio.wait_for(self._drain(), timeout)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 log.warning("%s: drain did not finish in %.1f s; failing the rest",
                             self.name, timeout)
         collector, self._collector = self._collector, None
@@ -213,10 +213,14 @@ class DynamicBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             raise RuntimeError(f"{self.name}: submit() from another event loop than start()")
-        fut: asyncio.Future = loop.create_future()
+        fut: asyncio.Future[R] = loop.create_future()
         rec = _Pending(key=key, item=item, weight=int(weight), future=fut, enqueued=loop.time())
         self._unresolved.add(rec)
-        fut.add_done_callback(lambda _f, r=rec: self._unresolved.discard(r))
+
+        def resolved(_done: asyncio.Future[R], record: _Pending = rec) -> None:
+            self._unresolved.discard(record)
+
+        fut.add_done_callback(resolved)
         self._pending.append(rec)
         self._pending_weight += rec.weight
         assert self._wakeup is not None
@@ -251,7 +255,7 @@ class DynamicBatcher(Generic[T, R]):
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
-                    except (TimeoutError, asyncio.TimeoutError):
+                    except TimeoutError:
                         break
                 alone = self._runs_alone()
                 batch = self._cut(self.max_batch_size if alone else self._share_limit())
@@ -353,7 +357,7 @@ class DynamicBatcher(Generic[T, R]):
                     if not r.future.done():
                         r.future.set_exception(err)
             else:
-                for r, res in zip(live, results):
+                for r, res in zip(live, results, strict=True):
                     if not r.future.done():
                         r.future.set_result(res)
         run_s = time.perf_counter() - t0

@@ -13,6 +13,8 @@ BUNDLE/
   tokenizer/vocab.txt
   text_model/config.json   the BERT config the text encoder was built from
 ```
+The sizes above are the published model's; a bundle's own are its model contract
+(``manifest.preprocessing``, app/contract.py), read and checked when the bundle opens.
 Bundles are built (``ecgfm-ked export`` / ``demo-bundle``), never committed. The two
 ``label_state`` / ``ecg_tqn_prepared`` graphs are optional (bundles exported before they
 existed score through ``ecg_tqn``); ``ecg_tqn`` stays the reference graph (precision variants,
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.contract import ManifestContract, ModelContract, read_contract
 from app.errors import BundleError
 
 MANIFEST = "manifest.json"
@@ -46,19 +49,6 @@ TEXT_CONFIG = "text_model/config.json"
 REQUIRED = (MANIFEST, ECG_TQN, ECG_ENCODER, TEXT_ENCODER, TOKENIZER_JSON)
 FORMAT_VERSION = 1
 
-PREPROCESSING_CONTRACT = {
-    "sampling_rate_hz": 100,
-    "window_samples": 1000,
-    "window_seconds": 10.0,
-    "lead_order": ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
-    "units": "mV",
-    "resampling": "scipy.signal.resample (FFT) of the whole record to round(n * 100 / fs) samples",
-    "nan": "set to 0",
-    "filtering": "none",
-    "normalisation": "none",
-    "feature_seconds": 10.0 / 32,
-}
-
 HOW_TO_GET_ONE = (
     "Build a bundle with `ecgfm-ked fetch` then `ecgfm-ked export --checkpoint CKPT --text-model DIR --out DIR` "
     "(real weights, Zenodo record 14881564), or `ecgfm-ked demo-bundle --out DIR` for an untrained demo bundle."
@@ -77,6 +67,13 @@ def sha256_file(path: Path) -> str:
 class Bundle:
     root: Path
     manifest: dict[str, Any]
+    stated_contract: ManifestContract  # as the manifest states it; the runtime checks it against the graphs
+
+    @property
+    def contract(self) -> ModelContract:
+        """The model contract from the manifest (fields older manifests lack: the pretraining values
+        until ``ModelRuntime`` reads them from the graphs; ``ModelRuntime.contract`` is the checked one)."""
+        return self.stated_contract.contract
 
     def path(self, name: str) -> Path:
         return self.root / name
@@ -109,13 +106,16 @@ def open_bundle(root: Path) -> Bundle:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"cannot read {root / MANIFEST}: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{root / MANIFEST} is not a JSON object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(
             f"bundle {root} has format_version {manifest.get('format_version')!r}; this service reads {FORMAT_VERSION}"
         )
     if "text_encoder_id" not in manifest:
         raise BundleError(f"bundle manifest {root / MANIFEST} has no text_encoder_id")
-    return Bundle(root=root, manifest=manifest)
+    stated = read_contract(manifest, source=str(root / MANIFEST))
+    return Bundle(root=root, manifest=manifest, stated_contract=stated)
 
 
 def write_manifest(root: Path, manifest: dict[str, Any]) -> None:

@@ -1,23 +1,30 @@
 """ONNX Runtime sessions over a bundle: the only object the service calls for inference.
 
-The CUDA execution provider is used when asked for (or on ``auto`` when the installed
-onnxruntime lists it) and the CPU provider otherwise. ONNX Runtime falls back to CPU
-silently when CUDA cannot load, so the provider actually in use is read back from
-``session.get_providers()`` after creation, reported in :class:`ModelInfo`, and an explicit
-``cuda`` request that did not get CUDA is an error rather than a quiet slowdown.
+The CUDA execution provider is tried when asked for, or on ``auto`` when the installed
+onnxruntime lists it *and* the machine has an NVIDIA driver (without one, creating a CUDA
+session only prints ONNX Runtime's own load errors, e.g. about libcublasLt, before falling
+back). ONNX Runtime falls back to CPU silently when CUDA cannot load, so the provider
+actually in use is read back from ``session.get_providers()`` after creation, reported in
+:class:`ModelInfo`, and an explicit ``cuda`` request that did not get CUDA is an error
+rather than a quiet slowdown.
+
+The bundle's model contract (window shape, feature width, segments) is checked against the
+graphs' input and output shapes here and exposed as :attr:`ModelRuntime.contract`.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
+from app.contract import ModelContract, reconcile
 from app.errors import BundleError, InvalidInput
 from app.serving import bundle as B
 from app.serving.tokenizer import load_tokenizer, pad, pad_id_of, token_ids
@@ -29,6 +36,10 @@ Precision = Literal["fp32", "int8", "fp16"]
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 TEXT_BATCH = 32
+# ONNX Runtime's own log (written from C++ to stderr): errors only. Its warnings at this level
+# say nothing a user of the service can act on (e.g. that a saved optimised graph may hold fusions
+# for this CPU, printed at every first start).
+ORT_LOG_SEVERITY_ERROR = 3
 
 
 @dataclass(frozen=True)
@@ -38,7 +49,8 @@ class RuntimeOptions:
     inter_op_threads: int = 1
     lanes: int = 0  # ecg_tqn calls that may run at once, each on intra_op_threads // lanes threads (0: auto)
     optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
-    precision: Precision = "fp32"  # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
+    # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
+    precision: Precision = "fp32"
 
 
 @dataclass(frozen=True)
@@ -51,7 +63,7 @@ class ModelInfo:
     checkpoint_sha256: str | None
     bundle: str
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "version": self.version,
@@ -62,14 +74,47 @@ class ModelInfo:
         }
 
 
+NVIDIA_KERNEL_DRIVER = Path("/proc/driver/nvidia/version")
+CUDA_DRIVER_LIBRARY = "libcuda.so.1"
+
+
+def nvidia_driver_present() -> bool:
+    """The NVIDIA driver is here: its kernel module (``/proc/driver/nvidia/version``) and its
+    user-space library (``libcuda.so.1`` loads; in a container the device may be visible while
+    the library was not mounted).
+
+    Checked before any CUDA session is made: onnxruntime-gpu lists the CUDA provider whenever
+    it is installed, and without a driver its load attempt only prints errors.
+    """
+    if not NVIDIA_KERNEL_DRIVER.exists():
+        return False
+    try:
+        ctypes.CDLL(CUDA_DRIVER_LIBRARY)
+    except OSError:
+        return False
+    return True
+
+
 def _providers(choice: ProviderChoice) -> list[str]:
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
     if choice == "cpu":
         return [CPU]
-    if choice == "cuda" or (choice == "auto" and CUDA in available):
+    listed = CUDA in ort.get_available_providers()
+    driver = listed and nvidia_driver_present()
+    if choice == "cuda":
+        if not listed:
+            raise BundleError("the CUDA execution provider was requested but the installed onnxruntime has none "
+                              "(install onnxruntime-gpu instead of onnxruntime, see requirements/README.md)")
+        if not driver:
+            raise BundleError("the CUDA execution provider was requested but this machine has no NVIDIA driver "
+                              f"({NVIDIA_KERNEL_DRIVER} or {CUDA_DRIVER_LIBRARY} is missing); "
+                              "use provider cpu or auto")
         return [CUDA, CPU]
+    if driver:
+        return [CUDA, CPU]
+    if listed:
+        log.info("no NVIDIA driver on this machine; using the CPU execution provider")
     return [CPU]
 
 
@@ -110,8 +155,8 @@ class ModelRuntime:
         # one more scoring session for calls that share the cores with other calls (see score)
         self._shared_scoring = (self._session(scoring_path, requested, Path(cache_dir), max(1, threads // self.lanes))
                                 if self.lanes > 1 else self._sessions[self._scoring_name])
-        takes_labels = self._sessions[B.LABEL_STATE if self.prepared else self._scoring_name]
-        self._label_width = next(i.shape[-1] for i in takes_labels.get_inputs() if i.name == "label_features")
+        self.contract: ModelContract = reconcile(bundle.stated_contract, self._graph_sizes(),
+                                                 source=str(bundle.root), leads=self._graph_leads())
         m = bundle.manifest
         self.info = ModelInfo(
             name=str(m.get("model_name", "ECGFM-KED")),
@@ -135,7 +180,9 @@ class ModelRuntime:
         if CUDA not in requested:
             return requested
         try:
-            probe = ort.InferenceSession(str(bundle.path(B.ECG_ENCODER)), providers=requested)
+            options = ort.SessionOptions()
+            options.log_severity_level = ORT_LOG_SEVERITY_ERROR
+            probe = ort.InferenceSession(str(bundle.path(B.ECG_ENCODER)), options, providers=requested)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BundleError(f"cannot load {B.ECG_ENCODER} from {bundle.root}: {exc}") from exc
         actual = probe.get_providers()[0]
@@ -146,8 +193,41 @@ class ModelRuntime:
                 "the CUDA execution provider was requested but ONNX Runtime is running on "
                 f"{actual} (CUDA/cuDNN libraries could not be loaded; onnxruntime-gpu needs matching CUDA and cuDNN)"
             )
-        log.warning("CUDA execution provider unavailable at runtime (listed, but CUDA/cuDNN could not load); running on %s", actual)
+        log.warning("CUDA execution provider unavailable at runtime (listed, but CUDA/cuDNN could not load); "
+                    "running on %s", actual)
         return [actual]
+
+    def _graph_axes(self) -> dict[str, list[tuple[str, str, int]]]:
+        """Contract field -> the (graph, input/output, axis) that carry it (the sessions loaded)."""
+        scoring, labels = self._scoring_name, B.LABEL_STATE if self.prepared else self._scoring_name
+        return {
+            "leads": [(scoring, "ecg", 1), (B.ECG_ENCODER, "ecg", 1)],
+            "window_samples": [(scoring, "ecg", 2), (B.ECG_ENCODER, "ecg", 2)],
+            "feature_width": [(labels, "label_features", -1), (B.TEXT_ENCODER, "label_features", -1),
+                              (B.ECG_ENCODER, "features", 2)],
+            "segments": [(scoring, "attention", -1), (B.ECG_ENCODER, "features", 1)],
+        }
+
+    def _static_size(self, field: str) -> int | None:
+        """The size the graphs fix for ``field`` (None where every axis carrying it is dynamic);
+        BundleError if two graphs fix different sizes."""
+        sizes: dict[int, str] = {}
+        for graph, name, axis in self._graph_axes()[field]:
+            session = self._sessions[graph]
+            for arg in (*session.get_inputs(), *session.get_outputs()):
+                if arg.name == name and -len(arg.shape) <= axis < len(arg.shape) and isinstance(arg.shape[axis], int):
+                    sizes.setdefault(int(arg.shape[axis]), f"{graph} {name}")
+        if len(sizes) > 1:
+            found = ", ".join(f"{where}: {size}" for size, where in sizes.items())
+            raise BundleError(f"the graphs of {self.bundle.root} disagree on {field} ({found})",
+                              details={"field": field, "found": {where: size for size, where in sizes.items()}})
+        return next(iter(sizes), None)
+
+    def _graph_sizes(self) -> dict[str, int | None]:
+        return {field: self._static_size(field) for field in ("window_samples", "feature_width", "segments")}
+
+    def _graph_leads(self) -> int | None:
+        return self._static_size("leads")
 
     @staticmethod
     def _tqn_file(bundle: B.Bundle, precision: str, requested: list[str]) -> tuple[str, Path]:
@@ -165,10 +245,11 @@ class ModelRuntime:
                               "fidelity bounds)")
         return precision, path
 
-    def _session(self, path: Path, providers: list[str], cache_dir: Path, threads: int):
+    def _session(self, path: Path, providers: list[str], cache_dir: Path, threads: int) -> Any:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
+        so.log_severity_level = ORT_LOG_SEVERITY_ERROR
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # set explicitly (one per core by default): ONNX Runtime's own default measured
         # ~1.8x slower at batch 1 on the 2-core reference machine (benchmarks/results)
@@ -209,13 +290,14 @@ class ModelRuntime:
         return self.bundle.text_encoder_id
 
     def embed_texts(self, texts: list[str], *, batch_size: int = TEXT_BATCH, pad_to: int | None = None) -> np.ndarray:
-        """(N, 768) label features; texts are batched and padded to the longest in each batch.
+        """(N, D) label features (D: the contract's feature width); texts are batched and padded to
+        the longest in each batch.
 
         Batches are formed from texts sorted by length so that short texts are not padded to
         long ones; the result is returned in the input order.
         """
         if not texts:
-            return np.zeros((0, 768), dtype=np.float32)
+            return np.zeros((0, self.contract.feature_width), dtype=np.float32)
         with self._lock:
             ids = token_ids(self.tokenizer, texts)  # tokenised once; batches are padded from these
         order = np.argsort([len(i) for i in ids], kind="stable")
@@ -236,8 +318,8 @@ class ModelRuntime:
         """(C, D) label vectors -> what ``score_prepared`` needs; compute once per label set."""
         if label_vectors.ndim != 2 or len(label_vectors) == 0:
             raise InvalidInput("at least one label is needed to score an ECG")
-        width = self._label_width
-        if isinstance(width, int) and label_vectors.shape[1] != width:
+        width = self.contract.feature_width
+        if label_vectors.shape[1] != width:
             raise InvalidInput(f"label vectors must be (C, {width}), got {tuple(label_vectors.shape)}")
         vectors = np.ascontiguousarray(label_vectors, dtype=np.float32)
         if not self.prepared:
@@ -245,8 +327,10 @@ class ModelRuntime:
         queries, cross_queries = self._sessions[B.LABEL_STATE].run(None, {"label_features": vectors})
         return PreparedLabels(vectors, queries, cross_queries)
 
-    def score(self, windows: np.ndarray, label_vectors: np.ndarray, *, alone: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(B, 12, 1000) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, 32)."""
+    def score(self, windows: np.ndarray, label_vectors: np.ndarray, *,
+              alone: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(B, leads, samples) windows and (C, D) label vectors -> probabilities (B, C), attention (B, C, segments),
+        sizes as in :attr:`contract` ((B, 12, 1000), D = 768, 32 segments for the published model)."""
         return self.score_prepared(windows, self.prepare_labels(label_vectors), alone=alone)
 
     def score_prepared(self, windows: np.ndarray, labels: PreparedLabels, *,
@@ -273,12 +357,12 @@ class ModelRuntime:
 
     def encode_ecg(self, windows: np.ndarray) -> np.ndarray:
         (features,) = self._sessions[B.ECG_ENCODER].run(None, {"ecg": self._check_windows(windows)})
-        return features
+        return np.asarray(features)
 
-    @staticmethod
-    def _check_windows(windows: np.ndarray) -> np.ndarray:
-        if windows.ndim != 3 or windows.shape[1:] != (12, 1000):
-            raise InvalidInput(f"model input must be (B, 12, 1000), got {tuple(windows.shape)}")
+    def _check_windows(self, windows: np.ndarray) -> np.ndarray:
+        leads, samples = self.contract.window_shape
+        if windows.ndim != 3 or windows.shape[1:] != (leads, samples):
+            raise InvalidInput(f"model input must be (B, {leads}, {samples}), got {tuple(windows.shape)}")
         return np.ascontiguousarray(windows, dtype=np.float32)
 
 

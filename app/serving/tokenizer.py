@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
-from tokenizers.implementations import BertWordPieceTokenizer
+from tokenizers.implementations.bert_wordpiece import BertWordPieceTokenizer
 
 from app.errors import BundleError
 

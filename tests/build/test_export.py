@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,10 +23,11 @@ import tokenizers
 import torch
 import transformers
 
-from app.errors import CheckpointError
-from app.serving import bundle as B
 from app.build.checkpoint import build_ecg_encoder, build_text_encoder, build_tqn, file_sha256, read_checkpoint
 from app.build.export import OPSET, export_bundle
+from app.contract import PRETRAINING, read_contract
+from app.errors import CheckpointError
+from app.serving import bundle as B
 from app.serving.tokenizer import encode, load_tokenizer
 
 BATCHES = (1, 2, 16)
@@ -78,7 +81,11 @@ def test_manifest_records_source_tools_contract_and_parity(small_bundle, small_c
         "python": m["tools"]["python"], "torch": torch.__version__, "onnx": onnx.__version__,
         "onnxruntime": ort.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__,
     }
-    assert m["preprocessing"] == B.PREPROCESSING_CONTRACT
+    # the contract, written from the contract object: the pretraining window, the checkpoint's width,
+    # the segments the encoder produces; it reads back as the same contract
+    assert m["preprocessing"] == PRETRAINING.manifest_preprocessing()
+    assert m["preprocessing"]["feature_width"] == 768 and m["preprocessing"]["segments"] == 32
+    assert read_contract(m).contract == PRETRAINING == B.open_bundle(small_bundle).contract
     assert m["preprocessing"]["sampling_rate_hz"] == 100 and m["preprocessing"]["window_samples"] == 1000
     assert m["preprocessing"]["lead_order"][:3] == ["I", "II", "III"] and m["preprocessing"]["units"] == "mV"
     assert m["tokenizer"]["lowercase"] is True and m["tokenizer"]["max_tokens"] == 256
@@ -211,3 +218,34 @@ def test_full_size_demo_checkpoint_exports_with_parity(tmp_path, real_windows, l
           f"export_seconds {result.manifest['export_seconds']}, peak RSS {peak_rss_mb:.0f} MiB, "
           f"checkpoint {ckpt_path.stat().st_size / 1e6:.0f} MB, worst parity {p['worst']:.1e}")
     assert exported < 360
+
+
+EXPORTER_NOISE = ("torchvision is not installed", "will not be used, since it shares the same shape constraints",
+                  "isinstance(treespec, LeafSpec)", "FutureWarning", "UserWarning")
+
+
+def test_cli_export_prints_the_summary_on_stdout_and_timed_steps_without_exporter_noise(small_checkpoint, tmp_path,
+                                                                                      real_windows) -> None:
+    """``ecgfm-ked export`` as an operator runs it (its own process: torch logs through handlers of its
+    own): stdout is the JSON summary only, stderr a line per step with its duration and none of the
+    exporter's notes that mean nothing to a user (torchvision missing, merged axis names, a
+    deprecated pytree check), which it printed 20-odd lines of before."""
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "app.cli", "export", "--checkpoint", str(small_checkpoint.path),
+                           "--text-model", str(small_checkpoint.text_dir), "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads(done.stdout)
+    assert summary["bundle"] == str(out) and summary["parity_worst"] <= 1e-4
+    for noise in EXPORTER_NOISE:
+        assert noise not in done.stderr, done.stderr
+    steps = [f"read {small_checkpoint.path.name}", f"export {B.ECG_TQN}",
+             f"export {B.LABEL_STATE} and {B.ECG_TQN_PREPARED}", f"export {B.ECG_ENCODER}", f"export {B.TEXT_ENCODER}",
+             "parity against PyTorch", "manifest", "export done in"]
+    lines = done.stderr.splitlines()
+    for step in steps:
+        timed = [line for line in lines if line.startswith(f"{step}") and line.endswith(" s")]
+        assert len(timed) == 1, (step, done.stderr)
+        assert float(timed[0].rsplit(" ", 2)[-2]) >= 0
+    assert "\r" not in done.stderr  # no progress bar drawn into a pipe
+    assert read_contract(manifest(out)).contract == PRETRAINING

@@ -9,10 +9,11 @@ import pytest
 import wfdb
 from scipy.signal import resample
 
+from app.contract import PRETRAINING, ModelContract
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.preprocess import ModelInput, preprocess
-from app.ecg.readers.wfdb_reader import READER
 from app.ecg.readers.base import ReadHints
+from app.ecg.readers.wfdb_reader import READER
 from app.ecg.recording import Recording
 from app.errors import InvalidInput, MissingLeads, SignalTooShort, UnsupportedSignal
 
@@ -203,4 +204,44 @@ def test_resampling_all_leads_at_once_equals_lead_by_lead() -> None:
     from app.ecg.preprocess import _resample
 
     x = np.random.default_rng(3).standard_normal((12, 5000))
-    assert np.array_equal(_resample(x, 500.0), np.stack([resample(row, 1000) for row in x]))
+    assert np.array_equal(_resample(x, 500.0, 100), np.stack([resample(row, 1000) for row in x]))
+
+
+def test_default_contract_is_the_pretraining_one(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "A0001")
+    explicit = preprocess(rec, contract=PRETRAINING)
+    default = preprocess(rec)
+    assert np.array_equal(explicit.windows, default.windows) and explicit.window_starts_s == default.window_starts_s
+
+
+def test_another_contract_cuts_other_windows(ecg_data_dir: Path) -> None:
+    """250 Hz, 4 s windows (1000 samples), leads in reverse order: rate, length and order all come
+    from the contract."""
+    contract = ModelContract(sampling_rate_hz=250, window_samples=1000, lead_order=tuple(reversed(STANDARD_LEADS)))
+    rec = _read(ecg_data_dir, "S0001")  # 1000 Hz, 38.4 s -> 9600 samples at 250 Hz
+    model_input = preprocess(rec, contract=contract)
+    assert model_input.windows.shape == (10, 12, 1000)
+    assert model_input.window_starts_s == [0.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 28.0, 32.0, 34.4]
+    assert "last window starts at 34.4 s" in next(w.message for w in model_input.warnings if w.code == "tail_window")
+    p_signal = wfdb.rdrecord(str(ecg_data_dir / "S0001")).p_signal.T  # standard order
+    full = resample(p_signal, 9600, axis=1)[::-1].astype(np.float32)  # V6 first
+    np.testing.assert_allclose(model_input.windows[1], full[:, 1000:2000], atol=1e-5)
+    np.testing.assert_allclose(model_input.windows[-1], full[:, -1000:], atol=1e-5)
+
+
+def test_another_contract_sets_the_padding_window(ecg_data_dir: Path) -> None:
+    contract = ModelContract(sampling_rate_hz=50, window_samples=400)  # 8 s
+    rec = _subset(_read(ecg_data_dir, "E07500"), list(STANDARD_LEADS), n=2500)  # 5 s at 500 Hz
+    with pytest.raises(SignalTooShort, match="shorter than one 8 s model window"):
+        preprocess(rec, contract=contract)
+    model_input = preprocess(rec, pad=True, contract=contract)
+    assert model_input.windows.shape == (1, 12, 400) and model_input.padded
+    np.testing.assert_allclose(model_input.windows[0, :, :250], resample(rec.signals, 250, axis=1), atol=1e-5)
+    assert not model_input.windows[0, :, 250:].any()
+
+
+def test_a_contract_with_other_leads_is_a_programming_error() -> None:
+    signals = np.zeros((12, 1000))
+    contract = ModelContract(lead_order=(*STANDARD_LEADS[:-1], "V7"))
+    with pytest.raises(ValueError, match="12 standard leads"):
+        preprocess(Recording(signals, 100.0, STANDARD_LEADS, "json"), contract=contract)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,15 @@ import pytest
 
 from app.errors import BundleError, InvalidInput
 from app.serving import bundle as B
-from app.serving.runtime import CPU, CUDA, ModelRuntime, RuntimeOptions, load_runtime, resolve_lanes
+from app.serving.runtime import (
+    CPU,
+    CUDA,
+    ModelRuntime,
+    RuntimeOptions,
+    load_runtime,
+    nvidia_driver_present,
+    resolve_lanes,
+)
 
 
 def cuda_usable() -> bool:
@@ -22,7 +33,8 @@ def cuda_usable() -> bool:
 
 @pytest.fixture(scope="module")
 def runtime(small_bundle, tmp_path_factory) -> ModelRuntime:
-    return load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path_factory.mktemp("opt")))
+    options = RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path_factory.mktemp("opt"))
+    return load_runtime(small_bundle, options)
 
 
 def test_provider_in_use_is_read_from_the_sessions(runtime) -> None:
@@ -31,14 +43,44 @@ def test_provider_in_use_is_read_from_the_sessions(runtime) -> None:
     assert runtime.info.as_dict()["provider"] == CPU and runtime.info.untrained is True
 
 
+def test_driver_detection_needs_the_kernel_driver() -> None:
+    if not Path("/proc/driver/nvidia/version").exists():
+        assert nvidia_driver_present() is False
+    else:  # with the kernel driver, the answer is whether libcuda loads
+        assert nvidia_driver_present() == (ctypes.util.find_library("cuda") is not None)
+
+
 def test_auto_reports_what_onnx_runtime_actually_uses(small_bundle, tmp_path, caplog) -> None:
-    with caplog.at_level(logging.WARNING, logger="app.serving.runtime"):
+    with caplog.at_level(logging.INFO, logger="app.serving.runtime"):
         rt = load_runtime(small_bundle, RuntimeOptions(provider="auto", optimized_model_dir=tmp_path / "opt"))
     assert rt.info.provider == rt._sessions[B.ECG_TQN_PREPARED].get_providers()[0]
-    if not cuda_usable():
+    if not nvidia_driver_present():
         assert rt.info.provider == CPU
-        if CUDA in ort.get_available_providers():  # onnxruntime-gpu installed, no GPU: the silent fallback
-            assert "CUDA execution provider unavailable" in caplog.text
+        assert "CUDA execution provider unavailable" not in caplog.text  # CUDA was not even tried
+        if CUDA in ort.get_available_providers():  # onnxruntime-gpu installed, no driver
+            assert "no NVIDIA driver on this machine; using the CPU execution provider" in caplog.text
+
+
+STARTS_ON_AUTO = """
+import sys
+from pathlib import Path
+from app.serving.runtime import RuntimeOptions, load_runtime
+rt = load_runtime(Path(sys.argv[1]), RuntimeOptions(provider="auto", optimized_model_dir=Path(sys.argv[2])))
+print(rt.info.provider)
+"""
+
+
+@pytest.mark.skipif(cuda_usable(), reason="checks the start on a machine without an NVIDIA driver")
+def test_start_without_a_driver_prints_no_onnx_runtime_errors(small_bundle, tmp_path) -> None:
+    """ONNX Runtime writes from C++ straight to fd 2, so the start runs in a process of its own and
+    its whole stderr is read. With onnxruntime-gpu installed and no driver, trying CUDA printed a
+    red "Failed to load library ... libcublasLt.so.13" and a "Failed to create CUDAExecutionProvider"
+    warning at every start; the first start also warned about saving optimised graphs."""
+    done = subprocess.run([sys.executable, "-c", STARTS_ON_AUTO, str(small_bundle), str(tmp_path / "opt")],
+                          capture_output=True, text=True, timeout=300, check=True, cwd=Path(__file__).parents[2])
+    assert done.stdout.strip() == CPU
+    for noise in ("libcublas", "CUDAExecutionProvider", "[E:onnxruntime", "[W:onnxruntime", "Traceback"):
+        assert noise not in done.stderr, done.stderr
 
 
 def test_explicit_cuda_without_a_usable_gpu_is_an_error(small_bundle, tmp_path) -> None:
@@ -46,9 +88,9 @@ def test_explicit_cuda_without_a_usable_gpu_is_an_error(small_bundle, tmp_path) 
         rt = load_runtime(small_bundle, RuntimeOptions(provider="cuda", optimized_model_dir=tmp_path / "opt"))
         assert rt.info.provider == CUDA
         return
-    # onnxruntime-gpu lists CUDA here but cannot load it: ORT would silently run on CPU
-    with pytest.raises(BundleError, match="CUDA execution provider was requested but ONNX Runtime is running on "
-                                          "CPUExecutionProvider"):
+    expected = ("no NVIDIA driver" if CUDA in ort.get_available_providers()
+                else "the installed onnxruntime has none")
+    with pytest.raises(BundleError, match=f"CUDA execution provider was requested but .*{expected}"):
         load_runtime(small_bundle, RuntimeOptions(provider="cuda", optimized_model_dir=tmp_path / "opt"))
 
 
@@ -128,11 +170,11 @@ def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path
         B.open_bundle(partial)
     (partial / B.ECG_TQN_PREPARED).write_bytes(b"not an onnx graph")
     (partial / B.MANIFEST).write_text((small_bundle / B.MANIFEST).read_text())
-    with pytest.raises(BundleError, match="cannot load ecg_tqn_prepared.onnx"):
+    with pytest.raises(BundleError, match=r"cannot load ecg_tqn_prepared\.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
     (partial / B.ECG_TQN_PREPARED).unlink()  # an older bundle: scores through ecg_tqn, which is broken
     (partial / B.ECG_TQN).write_bytes(b"not an onnx graph")
-    with pytest.raises(BundleError, match="cannot load ecg_tqn.onnx"):
+    with pytest.raises(BundleError, match=r"cannot load ecg_tqn\.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
 
 
