@@ -1,8 +1,9 @@
-"""Render a /diagnose JSON response as a FHIR R4 Bundle (type "collection").
+"""Render a diagnose result as a FHIR R4 Bundle (type "collection").
 
-Pure: a response dict in, a Bundle dict out; no HTTP, no clock, no randomness. Resource
-ids are name-based UUIDs (uuid5) derived from the request id, so the same response always
-renders to the same Bundle, and entries are addressed by ``urn:uuid:`` fullUrls.
+Pure: the use-case's typed ``DiagnoseResult`` (app/usecases/results.py) in, a Bundle dict out;
+no HTTP, no clock, no randomness. Resource ids are name-based UUIDs (uuid5) derived from the
+request id, so the same result always renders to the same Bundle, and entries are addressed
+by ``urn:uuid:`` fullUrls.
 
 The Bundle holds:
 
@@ -24,11 +25,12 @@ Only element names common to R4 and R4B are used (tests validate with fhir.resou
 from __future__ import annotations
 
 import copy
-import json
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from app.knowledge.types import CODE_SEPARATOR
+from app.usecases.results import DiagnoseResult, EcgResult, EvidenceSpan, RankedDiagnosis, ResultWarning
 
 FHIR_VERSION = "4.0.1"
 SNOMED = "http://snomed.info/sct"
@@ -65,272 +67,198 @@ ECG_CATEGORY = {
     "text": "Cardiology",
 }
 OBSERVATION_CATEGORY = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "procedure", "display": "Procedure"}
-    ]
+    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "procedure",
+                "display": "Procedure"}]
 }
 EKG_STUDY = {"coding": [{"system": LOINC, "code": "11524-6", "display": "EKG study"}], "text": "EKG study"}
 UNTRAINED_NOTE = "WARNING: the model ran with untrained (random) weights; these results carry no diagnostic meaning."
 EMPTY_NOTE = "The model returned no diagnoses for this ECG."
 
 
-def _s(value: Any) -> str | None:
-    """A non-empty FHIR string, or None (FHIR forbids empty strings)."""
-    if value is None:
-        return None
-    text = str(value).strip()
+def _text(value: str | None) -> str | None:
+    """A FHIR string (never empty), or None for a missing or blank one."""
+    text = (value or "").strip()
     return text or None
 
 
-def _num(value: Any) -> float | int | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    if isinstance(value, int):
-        return value
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if f == f and f not in (float("inf"), float("-inf")) else None
-
-
-def _ext(url: str, **value: Any) -> dict[str, Any] | None:
-    """One simple extension ({"valueString": ...}); None when the value is missing."""
-    (kind, v), = value.items()
-    if kind == "valueString":
-        v = _s(v)
-    elif kind in ("valueDecimal", "valueInteger"):
-        v = _num(v)
-        if kind == "valueInteger" and v is not None:
-            v = int(v)
-    if v is None:
-        return None
-    return {"url": url, kind: v}
+def _string_ext(url: str, value: str | None) -> dict[str, Any] | None:
+    text = _text(value)
+    return {"url": url, "valueString": text} if text else None
 
 
 def _complex_ext(url: str, parts: list[dict[str, Any] | None]) -> dict[str, Any] | None:
-    parts = [p for p in parts if p is not None]
-    return {"url": url, "extension": parts} if parts else None
+    present = [p for p in parts if p is not None]
+    return {"url": url, "extension": present} if present else None
 
 
-def _namespace(response: dict[str, Any]) -> uuid.UUID:
-    rid = response.get("request_id")
-    if rid:
-        try:
-            return uuid.UUID(str(rid))
-        except ValueError:
-            return uuid.uuid5(uuid.NAMESPACE_URL, f"urn:ecgfm-ked:request:{rid}")
-    blob = json.dumps(response, sort_keys=True, default=str)
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"urn:ecgfm-ked:response:{blob}")
+def _namespace(request_id: str) -> uuid.UUID:
+    """The uuid5 namespace of one request's resources: its id when that is a UUID."""
+    try:
+        return uuid.UUID(request_id)
+    except ValueError:
+        return uuid.uuid5(uuid.NAMESPACE_URL, f"urn:ecgfm-ked:request:{request_id}")
 
 
-def _codeable(label: str, codes: dict[str, Any] | None) -> dict[str, Any]:
-    codings = []
-    for system_name, code in (codes or {}).items():
-        system = CODE_SYSTEMS.get(str(system_name).strip().lower())
-        code = _s(code)
-        if system is None or code is None:
+def _bundle_identifier(request_id: str) -> dict[str, str]:
+    try:
+        return {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.UUID(request_id)}"}
+    except ValueError:
+        return {"system": f"{EXTENSION_BASE}:request-id", "value": request_id}
+
+
+def _codeable(label: str, codes: Mapping[str, str]) -> dict[str, Any]:
+    """The label as a CodeableConcept: its text, and a coding per code in a known system."""
+    codings: list[dict[str, str]] = []
+    for system_name, code in codes.items():
+        system = CODE_SYSTEMS.get(system_name.strip().lower())
+        if system is None:
             continue
         # merged classes carry several codes: "713427006|59118001" -> two codings
-        for one in code.replace(";", ",").replace(CODE_SEPARATOR, ",").split(","):
-            if one.strip():
-                codings.append({"system": system, "code": one.strip(), "display": label})
+        separated = code.replace(";", ",").replace(CODE_SEPARATOR, ",").split(",")
+        codings.extend({"system": system, "code": one.strip(), "display": label} for one in separated if one.strip())
     concept: dict[str, Any] = {"text": label}
     if codings:
         concept["coding"] = codings
     return concept
 
 
-def _warning_text(w: Any) -> str | None:
-    if isinstance(w, dict):
-        msg = _s(w.get("message")) or _s(w.get("code"))
-        leads = w.get("leads") or []
-        if msg and leads:
-            msg = f"{msg} (leads: {', '.join(map(str, leads))})"
-        code = _s(w.get("code"))
-        return f"[{code}] {msg}" if code and msg and msg != code else msg
-    return _s(w)
+def _warning_text(w: ResultWarning) -> str:
+    message = w.message.strip() or w.code
+    if w.leads:
+        message = f"{message} (leads: {', '.join(w.leads)})"
+    return f"[{w.code}] {message}" if message != w.code else message
 
 
-def _evidence_text(evidence: Any) -> str | None:
-    spans = []
-    for e in evidence or []:
-        if not isinstance(e, dict):
-            continue
-        start, end, weight = _num(e.get("start_s")), _num(e.get("end_s")), _num(e.get("weight"))
-        if start is None or end is None:
-            continue
-        span = f"{start:.2f}-{end:.2f} s"
-        spans.append(f"{span} (attention weight {weight:.3f})" if weight is not None else span)
+def _evidence_text(evidence: tuple[EvidenceSpan, ...]) -> str | None:
+    spans = [f"{e.start_s:.2f}-{e.end_s:.2f} s (attention weight {e.weight:.3f})" for e in evidence]
     return "Signal segments the model attended to: " + "; ".join(spans) if spans else None
 
 
-def to_fhir_bundle(response: dict[str, Any]) -> dict[str, Any]:
-    """The /diagnose response as a FHIR R4 ``collection`` Bundle (a JSON-ready dict)."""
-    ns = _namespace(response)
+class _Renderer:
+    """The resources of one result; ids and the texts every resource repeats, computed once."""
 
-    def urn(kind: str, *key: Any) -> tuple[str, str]:
-        rid = str(uuid.uuid5(ns, "/".join([kind, *map(str, key)])))
+    def __init__(self, result: DiagnoseResult) -> None:
+        self.result = result
+        self.namespace = _namespace(result.request_id)
+        model, label_set = result.model, result.label_set
+        self.model_name = _text(model.name) or "ECGFM-KED"
+        self.model_version = _text(model.version)
+        self.model_title = f"{self.model_name} {self.model_version}" if self.model_version else self.model_name
+        ls_name, ls_version = _text(label_set.name), _text(label_set.version)
+        self.ls_title = (f"{ls_name} (version {ls_version})" if ls_version else ls_name) if ls_name else None
+        self.model_ext = _complex_ext(EXT_MODEL, [
+            _string_ext("name", self.model_name),
+            _string_ext("version", self.model_version),
+            _string_ext("provider", model.provider),
+            _string_ext("precision", model.precision),
+            {"url": "untrained", "valueBoolean": model.untrained},
+        ])
+        self.ls_ext = _complex_ext(EXT_LABEL_SET, [_string_ext("name", ls_name), _string_ext("version", ls_version)])
+        self.method = {"text": f"{self.model_title}, zero-shot ECG classification"
+                               + (f" against label set {self.ls_title}" if self.ls_title else "")}
+        versions = [("model version", self.model_version), ("label set", ls_name), ("label set version", ls_version)]
+        self.version_components = [{"code": {"text": name}, "valueString": value} for name, value in versions if value]
+        self.device_id, self.device_url = self.urn("device", self.model_name, self.model_version or "")
+
+    def urn(self, kind: str, *key: object) -> tuple[str, str]:
+        rid = str(uuid.uuid5(self.namespace, "/".join([kind, *map(str, key)])))
         return rid, f"urn:uuid:{rid}"
 
-    model = response.get("model") or {}
-    label_set = response.get("label_set") or {}
-    model_name = _s(model.get("name")) or "ECGFM-KED"
-    model_version = _s(model.get("version"))
-    ls_name = _s(label_set.get("name"))
-    ls_version = _s(label_set.get("version"))
-    untrained = bool(model.get("untrained"))
-    model_title = f"{model_name} {model_version}" if model_version else model_name
-    ls_title = (f"{ls_name} (version {ls_version})" if ls_version else ls_name) if ls_name else None
-
-    model_ext = _complex_ext(
-        EXT_MODEL,
-        [
-            _ext("name", valueString=model_name),
-            _ext("version", valueString=model_version),
-            _ext("provider", valueString=model.get("provider")),
-            _ext("precision", valueString=model.get("precision")),
-            {"url": "untrained", "valueBoolean": untrained},
-        ],
-    )
-    ls_ext = _complex_ext(
-        EXT_LABEL_SET,
-        [_ext("name", valueString=ls_name), _ext("version", valueString=ls_version)],
-    )
-    method = {
-        "text": f"{model_title}, zero-shot ECG classification"
-        + (f" against label set {ls_title}" if ls_title else "")
-    }
-    version_components = []
-    if model_version:
-        version_components.append({"code": {"text": "model version"}, "valueString": model_version})
-    if ls_name:
-        version_components.append({"code": {"text": "label set"}, "valueString": ls_name})
-    if ls_version:
-        version_components.append({"code": {"text": "label set version"}, "valueString": ls_version})
-
-    entries: list[dict[str, Any]] = []
-    results = response.get("results") or []
-    device_id, device_url = urn("device", model_name, model_version or "")
-    if results:
+    def device(self) -> dict[str, Any]:
         device: dict[str, Any] = {
             "resourceType": "Device",
-            "id": device_id,
-            "deviceName": [{"name": model_name, "type": "model-name"}],
+            "id": self.device_id,
+            "deviceName": [{"name": self.model_name, "type": "model-name"}],
             "note": [{"text": "Software: ECG foundation model with knowledge-enhanced zero-shot diagnosis."}],
         }
-        if model_version:
-            device["version"] = [{"value": model_version}]
-        if model_ext:
-            device["extension"] = [model_ext]
-        entries.append({"fullUrl": device_url, "resource": device})
+        if self.model_version:
+            device["version"] = [{"value": self.model_version}]
+        if self.model_ext:
+            device["extension"] = [self.model_ext]
+        return device
 
-    global_warnings = [t for t in map(_warning_text, response.get("warnings") or []) if t]
-    intended_use = _s(response.get("intended_use"))
+    def observation(self, ecg_index: int, position: int, d: RankedDiagnosis) -> tuple[str, dict[str, Any]]:
+        label_key = d.label_id if d.label_id is not None else d.label
+        obs_id, obs_url = self.urn("observation", ecg_index, label_key, position)
+        notes = [{"text": t} for t in (_text(d.knowledge), _evidence_text(d.evidence)) if t]
+        notes.append({"text": f"Probability from {self.model_title}"
+                              + (f", label set {self.ls_title}" if self.ls_title else "")
+                              + ". Not a diagnosis: to be confirmed by a clinician."})
+        if self.result.model.untrained:
+            notes.append({"text": UNTRAINED_NOTE})
+        extensions = [{"url": EXT_RANK, "valueInteger": d.rank}]
+        if d.label_id is not None:
+            extensions.append({"url": EXT_LABEL_ID, "valueInteger": d.label_id})
+        extensions.append({"url": EXT_AGGREGATION, "valueString": d.aggregation})
+        obs: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": obs_id,
+            "extension": extensions,
+            "status": "preliminary",
+            "category": [OBSERVATION_CATEGORY],
+            "code": _codeable(d.label, d.codes),
+            "method": self.method,
+            "device": {"reference": self.device_url, "display": self.model_title},
+            "valueQuantity": {"value": d.probability, "unit": "1", "system": UCUM, "code": "1"},
+            "note": notes,
+        }
+        if self.version_components:
+            obs["component"] = self.version_components
+        return obs_url, obs
 
-    for pos, result in enumerate(results):
-        ecg_index = result.get("ecg_index", pos)
-        report_id, report_url = urn("report", ecg_index)
-        observation_refs = []
-        observations = []
-        for d_pos, diag in enumerate(result.get("diagnoses") or []):
-            label = _s(diag.get("label")) or f"label {diag.get('label_id', d_pos)}"
-            obs_id, obs_url = urn("observation", ecg_index, diag.get("label_id", label), d_pos)
-            obs: dict[str, Any] = {
-                "resourceType": "Observation",
-                "id": obs_id,
-                "status": "preliminary",
-                "category": [OBSERVATION_CATEGORY],
-                "code": _codeable(label, diag.get("codes")),
-                "method": method,
-                "device": {"reference": device_url, "display": model_title},
-            }
-            prob = _num(diag.get("probability"))
-            if prob is not None:
-                obs["valueQuantity"] = {"value": prob, "unit": "1", "system": UCUM, "code": "1"}
-            else:
-                obs["dataAbsentReason"] = {"text": "no probability reported"}
-            exts = [
-                _ext(EXT_RANK, valueInteger=diag.get("rank")),
-                _ext(EXT_LABEL_ID, valueInteger=diag.get("label_id")),
-                _ext(EXT_AGGREGATION, valueString=diag.get("aggregation")),
-            ]
-            exts = [e for e in exts if e]
-            if exts:
-                obs["extension"] = exts
-            notes = []
-            knowledge = _s(diag.get("knowledge"))
-            if knowledge:
-                notes.append({"text": knowledge})
-            evidence = _evidence_text(diag.get("evidence"))
-            if evidence:
-                notes.append({"text": evidence})
-            notes.append(
-                {
-                    "text": f"Probability from {model_title}"
-                    + (f", label set {ls_title}" if ls_title else "")
-                    + ". Not a diagnosis: to be confirmed by a clinician."
-                }
-            )
-            if untrained:
-                notes.append({"text": UNTRAINED_NOTE})
-            obs["note"] = notes
-            if version_components:
-                obs["component"] = version_components
-            observations.append({"fullUrl": obs_url, "resource": obs})
-            observation_refs.append({"reference": obs_url, "display": label})
-
-        conclusion_parts = []
-        if untrained:
-            conclusion_parts.append(UNTRAINED_NOTE)
+    def report_entries(self, ecg: EcgResult) -> list[dict[str, Any]]:
+        """The ECG's DiagnosticReport entry followed by one Observation entry per diagnosis."""
+        report_id, report_url = self.urn("report", ecg.ecg_index)
+        observations = [self.observation(ecg.ecg_index, i, d) for i, d in enumerate(ecg.diagnoses)]
+        conclusion = [UNTRAINED_NOTE] if self.result.model.untrained else []
+        intended_use = _text(self.result.intended_use)
         if intended_use:
-            conclusion_parts.append(intended_use)
+            conclusion.append(intended_use)
         if not observations:
-            conclusion_parts.append(EMPTY_NOTE)
-        source = result.get("source") or {}
-        source_ext = _complex_ext(
-            EXT_SOURCE,
-            [
-                _ext("format", valueString=source.get("format")),
-                _ext("samplingRate", valueDecimal=source.get("fs")),
-                _ext("durationSeconds", valueDecimal=source.get("duration_s")),
-                _ext("windows", valueInteger=source.get("windows")),
-                *[_ext("derivedLead", valueString=lead) for lead in source.get("derived_leads") or []],
-            ],
-        )
-        warnings = [t for t in map(_warning_text, result.get("warnings") or []) if t] + global_warnings
+            conclusion.append(EMPTY_NOTE)
+        source = ecg.source
+        source_ext = _complex_ext(EXT_SOURCE, [
+            _string_ext("format", source.format),
+            {"url": "samplingRate", "valueDecimal": source.fs},
+            {"url": "durationSeconds", "valueDecimal": source.duration_s},
+            {"url": "windows", "valueInteger": source.windows},
+            *[_string_ext("derivedLead", lead) for lead in source.derived_leads],
+        ])  # never the file name: it may name the patient
+        warnings = [_warning_text(w) for w in (*ecg.warnings, *self.result.warnings)]
+        extensions = [e for e in (self.model_ext, self.ls_ext, source_ext) if e]
+        extensions += [{"url": EXT_WARNING, "valueString": w} for w in warnings]
         report: dict[str, Any] = {
             "resourceType": "DiagnosticReport",
             "id": report_id,
-            "extension": [
-                e
-                for e in [model_ext, ls_ext, source_ext, *[_ext(EXT_WARNING, valueString=w) for w in warnings]]
-                if e
-            ],
+            "extension": extensions,
             "status": "preliminary",
             "category": [ECG_CATEGORY],
             "code": EKG_STUDY,
-            "conclusion": " ".join(conclusion_parts) or EMPTY_NOTE,
         }
-        if not report["extension"]:
-            del report["extension"]
-        if observation_refs:
-            report["result"] = observation_refs
-        entries.append({"fullUrl": report_url, "resource": report})
-        entries.extend(observations)
+        if conclusion:
+            report["conclusion"] = " ".join(conclusion)
+        if observations:
+            report["result"] = [{"reference": url, "display": obs["code"]["text"]} for url, obs in observations]
+        return [{"fullUrl": report_url, "resource": report},
+                *({"fullUrl": url, "resource": obs} for url, obs in observations)]
 
-    bundle_id, _ = urn("bundle")
+
+def to_fhir_bundle(result: DiagnoseResult) -> dict[str, Any]:
+    """The diagnose result as a FHIR R4 ``collection`` Bundle (a JSON-ready dict, no shared
+    sub-objects). No Device without results; no ``entry`` without resources (FHIR forbids an
+    empty array)."""
+    renderer = _Renderer(result)
+    entries: list[dict[str, Any]] = []
+    if result.results:
+        entries.append({"fullUrl": renderer.device_url, "resource": renderer.device()})
+    for ecg in result.results:
+        entries.extend(renderer.report_entries(ecg))
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": bundle_id,
+        "id": renderer.urn("bundle")[0],
+        "identifier": _bundle_identifier(result.request_id),
         "type": "collection",
     }
-    rid = _s(response.get("request_id"))
-    if rid:
-        try:
-            bundle["identifier"] = {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{uuid.UUID(rid)}"}
-        except ValueError:
-            bundle["identifier"] = {"system": f"{EXTENSION_BASE}:request-id", "value": rid}
     if entries:
         bundle["entry"] = entries
-    return copy.deepcopy(bundle)  # no shared sub-objects: callers may edit the result
+    return copy.deepcopy(bundle)

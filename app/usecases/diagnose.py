@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 
+from app.contract import ModelContract
 from app.ecg.preprocess import ModelInput, preprocess
 from app.ecg.readers import discover
 from app.ecg.readers.base import ReadHints
@@ -26,8 +26,8 @@ from app.errors import InvalidInput, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
 from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_version
 from app.knowledge.types import Label, LabelSet
-from app.serving.runtime import ModelInfo
 from app.ops import metrics
+from app.serving.runtime import ModelInfo
 from app.usecases.explain import (
     INTENDED_USE,
     Aggregation,
@@ -36,11 +36,14 @@ from app.usecases.explain import (
     RankOptions,
     describe_source,
     rank_diagnoses,
-    warnings_json,
+    signal_warnings,
 )
+from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning
 from app.usecases.scoring import RuntimeEmbedder, Scorer
 
 ADHOC_SET = "adhoc"
+UNTRAINED_WARNING = ResultWarning(
+    "untrained_model", "This response comes from an UNTRAINED demo model (random weights): its outputs mean nothing.")
 R = TypeVar("R")
 
 
@@ -82,7 +85,8 @@ class Timings:
         return out
 
 
-def read_uploaded_ecgs(files: Iterable[tuple[str, BinaryIO | bytes]], limits: UploadLimits, hints: ReadHints) -> list[EcgSource]:
+def read_uploaded_ecgs(files: Iterable[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
+                       hints: ReadHints) -> list[EcgSource]:
     """Unpack uploads in a private temp dir (always removed) and read every record found."""
     with unpacked_upload(files, limits) as directory:
         found = discover(directory)
@@ -90,7 +94,8 @@ def read_uploaded_ecgs(files: Iterable[tuple[str, BinaryIO | bytes]], limits: Up
 
 
 def panel_labels(labels: Iterable[Label]) -> tuple[PanelLabel, ...]:
-    return tuple(PanelLabel(name=l.name, knowledge=l.description, codes=dict(l.codes), label_id=l.id) for l in labels)
+    return tuple(PanelLabel(name=label.name, knowledge=label.description, codes=dict(label.codes), label_id=label.id)
+                 for label in labels)
 
 
 def _panel(label_set: LabelSet, vectors: np.ndarray) -> Panel:
@@ -114,7 +119,8 @@ class DiagnoseService:
 
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
                  model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float,
-                 request_threads: int = 1) -> None:
+                 request_threads: int = 1, contract: ModelContract | None = None) -> None:
+        """``contract``: the served model's (``runtime.contract``); by default the scorer's runtime's."""
         self.store = store
         self.label_sets = LabelSetReader(store)
         self.vectors = vectors
@@ -124,6 +130,7 @@ class DiagnoseService:
         self.default_label_set = default_label_set
         self.max_labels = max_labels
         self.max_duration_s = max_duration_s
+        self.contract = contract if contract is not None else scorer.runtime.contract
         self._request_work = ThreadPoolExecutor(max_workers=request_threads, thread_name_prefix="request-work")
 
     def close(self) -> None:
@@ -132,7 +139,7 @@ class DiagnoseService:
     async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._request_work, fn, *args)
 
-    async def read_uploads(self, files: list[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
+    async def read_uploads(self, files: Sequence[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
                            hints: ReadHints) -> list[EcgSource]:
         return await self._off_loop(read_uploaded_ecgs, files, limits, hints)
 
@@ -144,9 +151,10 @@ class DiagnoseService:
             raise InvalidInput("give either a label set or explicit labels, not both")
         if options.labels:
             labels = [self.store.get_label_by_name(n) for n in options.labels]
-            if len({l.id for l in labels}) != len(labels):
+            if len({label.id for label in labels}) != len(labels):
                 raise InvalidInput("explicit labels list the same label more than once")
-            label_set = LabelSet(name=ADHOC_SET, description="", version=label_set_version(labels), labels=tuple(labels))
+            label_set = LabelSet(name=ADHOC_SET, description="", version=label_set_version(labels),
+                                 labels=tuple(labels))
         else:
             label_set = self.label_sets.get(options.label_set or self.default_label_set)
         if len(label_set.labels) > self.max_labels:
@@ -176,7 +184,8 @@ class DiagnoseService:
         timings.since("embed", t)
         waited = t - submitted
         t = time.perf_counter()
-        inputs = [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s) for s in sources]
+        inputs = [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s, contract=self.contract)
+                  for s in sources]
         timings.add("preprocess", time.perf_counter() - t + waited)
         return label_set, panel, inputs
 
@@ -188,8 +197,10 @@ class DiagnoseService:
         ``diagnose(..., arrived=...)`` ends the announcement when the request reaches the model."""
         return self.scorer.incoming.expect()
 
-    async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
-                       arrived: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings, *,
+                       request_id: str, arrived: Callable[[], None] = lambda: None) -> DiagnoseResult:
+        """Score ``sources`` together against the label set ``options`` name. ``request_id`` is the
+        caller's (the HTTP middleware's, or one the offline scorer made): it names the result."""
         label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, timings, time.perf_counter())
         if panel is None:  # vectors not in memory: embedding may take seconds, so not on the request thread
             t = time.perf_counter()
@@ -212,31 +223,24 @@ class DiagnoseService:
 
         rank = RankOptions(top_k=options.top_k, threshold=options.threshold, aggregation=options.aggregation,
                            include_windows=options.include_windows, evidence_spans=options.evidence_spans)
-        results = []
+        results: list[EcgResult] = []
         for i, (source, mi, sc) in enumerate(zip(sources, inputs, scored, strict=True)):
-            results.append({
-                "ecg_index": i,
-                "id": source.ref,
-                "source": describe_source(mi, source.filename),
-                "diagnoses": rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank),
-                "warnings": warnings_json(mi),
-            })
+            results.append(EcgResult(
+                ecg_index=i,
+                ref=source.ref,
+                source=describe_source(mi, source.filename),
+                diagnoses=rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank, self.contract),
+                warnings=signal_warnings(mi),
+            ))
             metrics.record_ecgs(mi.source_format)
         metrics.observe_request_ecgs(len(sources))
         metrics.observe_label_count(len(panel.labels))
-        response_warnings = []
-        if self.model_info.untrained:
-            response_warnings.append({
-                "code": "untrained_model",
-                "message": "This response comes from an UNTRAINED demo model (random weights): its outputs mean nothing.",
-                "leads": [],
-            })
-        return {
-            "request_id": str(uuid.uuid4()),
-            "model": self.model_info.as_dict(),
-            "label_set": {"name": panel.name, "version": panel.version},
-            "intended_use": INTENDED_USE,
-            "results": results,
-            "warnings": response_warnings,
-            "timings_ms": timings.as_ms(),
-        }
+        return DiagnoseResult(
+            request_id=request_id,
+            model=self.model_info,
+            label_set=LabelSetRef(panel.name, panel.version),
+            intended_use=INTENDED_USE,
+            results=tuple(results),
+            warnings=(UNTRAINED_WARNING,) if self.model_info.untrained else (),
+            timings_ms=timings.as_ms(),
+        )

@@ -10,14 +10,15 @@ or on its way (``incoming``) uses every core (see app.serving.batching).
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
 
 from app.lru import LruCache
+from app.ops import metrics
 from app.serving.batching import BatchStats, DynamicBatcher, IncomingWork
 from app.serving.runtime import ModelRuntime, PreparedLabels
-from app.ops import metrics
 
 
 class RuntimeEmbedder:
@@ -76,7 +77,9 @@ class Scorer:
             self._prepared.put(key, labels)
         return labels
 
-    def _run(self, key: str, jobs: list[ScoreJob], alone: bool) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    def _run(self, key: Hashable, jobs: list[ScoreJob], alone: bool) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """One model call for the jobs of one panel (``key``: the panel key ``score`` was given)."""
+        assert isinstance(key, str)
         started = time.perf_counter()
         windows = jobs[0].windows if len(jobs) == 1 else np.concatenate([j.windows for j in jobs])
         probs, attention = self.runtime.score_prepared(windows, self._labels(key, jobs[0].vectors), alone=alone)

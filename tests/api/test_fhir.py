@@ -1,4 +1,4 @@
-"""FHIR rendering of a /diagnose response, validated with the fhir.resources R4B models.
+"""FHIR rendering of a diagnose result (the use-case's typed result), validated with the fhir.resources R4B models.
 
 fhir.resources 8 ships R5 at its root and R4B (4.3.0) as ``fhir.resources.R4B``; it has no
 4.0.1 package. DiagnosticReport, Observation, Device and Bundle are the same in R4 and R4B
@@ -8,8 +8,8 @@ rejected by the R4B models, so validating with R4B catches non-R4 output.
 
 from __future__ import annotations
 
-import copy
 import json
+from dataclasses import replace
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
@@ -17,59 +17,67 @@ from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
 from app.api.fhir import SNOMED, UCUM, to_fhir_bundle
+from app.api.schemas import DiagnoseResponse
+from app.usecases.results import (
+    DiagnoseResult,
+    EcgResult,
+    EvidenceSpan,
+    LabelSetRef,
+    ModelInfo,
+    RankedDiagnosis,
+    ResultWarning,
+    SourceDescription,
+)
 
 INTENDED = "Decision support only: not for autonomous diagnosis. Findings must be confirmed by a clinician."
+MODEL = ModelInfo(name="ECGFM-KED", version="1.2.0+abc123", provider="CPUExecutionProvider", precision="fp32",
+                  untrained=False, checkpoint_sha256=None, bundle="/srv/model_store/bundle")
 
 
-def _response(**over):
-    resp = {
+def _source(filename: str, fmt: str, fs: float, duration_s: float, windows: int,
+            derived: tuple[str, ...] = ()) -> SourceDescription:
+    starts = tuple(float(min(10 * i, duration_s - 10)) for i in range(windows))
+    return SourceDescription(filename=filename, format=fmt, fs=fs, duration_s=duration_s, leads_read=(),
+                             derived_leads=derived, windows=windows, window_starts_s=starts, padded=False)
+
+
+def _diagnosis(rank: int, label: str, label_id: int | None, probability: float, aggregation: str,
+               codes: dict[str, str], knowledge: str, *evidence: EvidenceSpan) -> RankedDiagnosis:
+    return RankedDiagnosis(rank=rank, label=label, label_id=label_id, probability=probability,
+                           aggregation=aggregation, codes=codes, knowledge=knowledge, evidence=evidence)
+
+
+def _result(**over: object) -> DiagnoseResult:
+    """Three ECGs: two diagnoses (one without codes), one diagnosis, none."""
+    first = EcgResult(
+        ecg_index=0, ref=None, source=_source("Doe_John_1957.hea", "wfdb", 500.0, 10.0, 1, ("III", "aVF")),
+        diagnoses=(
+            _diagnosis(1, "atrial fibrillation", 3, 0.87, "max", {"SNOMED CT": "164889003"},
+                       "Irregularly irregular rhythm without distinct P waves.",
+                       EvidenceSpan(1.2, 1.5, 0.21), EvidenceSpan(4.0, 4.3, 0.12)),
+            _diagnosis(2, "early repolarisation pattern", 40, 0.31, "max", {}, "J-point elevation with notching."),
+        ),
+        warnings=(ResultWarning("derived_leads", "leads derived from I and II", ("III", "aVF")),),
+    )
+    second = EcgResult(
+        ecg_index=1, ref="visit-2", source=_source("second.csv", "csv", 1000.0, 12.0, 2),
+        diagnoses=(_diagnosis(1, "sinus rhythm", 0, 0.95, "mean", {"SNOMED CT": "426783006"}, "Normal sinus rhythm.",
+                              EvidenceSpan(0.4, 0.6, 0.3)),),
+        warnings=(),
+    )
+    third = EcgResult(ecg_index=2, ref=None, source=_source("third.edf", "edf", 250.0, 10.0, 1), diagnoses=(),
+                      warnings=())
+    values: dict[str, object] = {
         "request_id": "0b8f3c2e-5d1a-4c7e-9a43-2f6f0d1e7a55",
-        "model": {"name": "ECGFM-KED", "version": "1.2.0+abc123", "provider": "CPUExecutionProvider",
-                  "precision": "fp32", "untrained": False},
-        "label_set": {"name": "cinc2021", "version": "3f2a9c1d"},
+        "model": MODEL,
+        "label_set": LabelSetRef("cinc2021", "3f2a9c1d"),
         "intended_use": INTENDED,
-        "results": [
-            {
-                "ecg_index": 0,
-                "source": {"filename": "Doe_John_1957.hea", "format": "wfdb", "fs": 500.0, "duration_s": 10.0,
-                           "derived_leads": ["III", "aVF"], "windows": 1},
-                "diagnoses": [
-                    {"rank": 1, "label": "atrial fibrillation", "label_id": 3, "probability": 0.87,
-                     "aggregation": "max", "codes": {"SNOMED CT": "164889003"},
-                     "knowledge": "Irregularly irregular rhythm without distinct P waves.",
-                     "evidence": [{"start_s": 1.2, "end_s": 1.5, "weight": 0.21},
-                                  {"start_s": 4.0, "end_s": 4.3, "weight": 0.12}]},
-                    {"rank": 2, "label": "early repolarisation pattern", "label_id": 40, "probability": 0.31,
-                     "aggregation": "max", "codes": {}, "knowledge": "J-point elevation with notching.",
-                     "evidence": []},
-                ],
-                "warnings": [{"code": "derived_leads", "message": "leads derived from I and II",
-                              "leads": ["III", "aVF"]}],
-            },
-            {
-                "ecg_index": 1,
-                "source": {"filename": "second.csv", "format": "csv", "fs": 1000.0, "duration_s": 12.0,
-                           "derived_leads": [], "windows": 2},
-                "diagnoses": [
-                    {"rank": 1, "label": "sinus rhythm", "label_id": 0, "probability": 0.95,
-                     "aggregation": "mean", "codes": {"SNOMED CT": "426783006"}, "knowledge": "Normal sinus rhythm.",
-                     "evidence": [{"start_s": 0.4, "end_s": 0.6, "weight": 0.3}]},
-                ],
-                "warnings": [],
-            },
-            {
-                "ecg_index": 2,
-                "source": {"filename": "third.edf", "format": "edf", "fs": 250.0, "duration_s": 10.0,
-                           "derived_leads": [], "windows": 1},
-                "diagnoses": [],
-                "warnings": [],
-            },
-        ],
-        "warnings": [{"code": "slow_queue", "message": "batch waited 2 s"}],
+        "results": (first, second, third),
+        "warnings": (ResultWarning("slow_queue", "batch waited 2 s"),),
         "timings_ms": {"parse": 1.0, "preprocess": 2.0, "queue": 0.1, "inference": 50.0, "total": 60.0},
     }
-    resp.update(over)
-    return resp
+    values.update(over)
+    return DiagnoseResult(**values)  # type: ignore[arg-type]
 
 
 def _validate(bundle: dict) -> None:
@@ -84,12 +92,12 @@ def _by_type(bundle: dict, kind: str) -> list[dict]:
 
 
 def test_bundle_is_valid_r4_collection_with_linked_resources():
-    resp = _response()
-    bundle = to_fhir_bundle(resp)
+    result = _result()
+    bundle = to_fhir_bundle(result)
     json.dumps(bundle)  # JSON-ready
     _validate(bundle)
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "collection"
-    assert bundle["identifier"]["value"] == "urn:uuid:" + resp["request_id"]
+    assert bundle["identifier"]["value"] == "urn:uuid:" + result.request_id
 
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(set(urls)) == len(urls)
@@ -115,7 +123,7 @@ def test_bundle_is_valid_r4_collection_with_linked_resources():
         for ref in report.get("result", []):
             assert by_url[ref["reference"]]["resourceType"] == "Observation"
 
-    first, second, third = reports
+    first, second, _third = reports
     assert [by_url[r["reference"]]["code"]["text"] for r in first["result"]] == [
         "atrial fibrillation", "early repolarisation pattern"]
     assert len(second["result"]) == 1
@@ -125,7 +133,7 @@ def test_bundle_is_valid_r4_collection_with_linked_resources():
 
 
 def test_observations_carry_code_probability_knowledge_and_versions():
-    bundle = to_fhir_bundle(_response())
+    bundle = to_fhir_bundle(_result())
     obs = {o["code"]["text"]: o for o in _by_type(bundle, "Observation")}
     af = obs["atrial fibrillation"]
     assert af["status"] == "preliminary"
@@ -147,41 +155,47 @@ def test_observations_carry_code_probability_knowledge_and_versions():
 
 
 def test_empty_diagnoses_give_a_report_without_results():
-    bundle = to_fhir_bundle(_response())
+    bundle = to_fhir_bundle(_result())
     third = _by_type(bundle, "DiagnosticReport")[2]
     assert "result" not in third
     assert "no diagnoses" in third["conclusion"]
 
 
 def test_no_file_names_or_timings_leak():
-    text = json.dumps(to_fhir_bundle(_response()))
+    text = json.dumps(to_fhir_bundle(_result()))
     assert "Doe_John" not in text and "second.csv" not in text and "timings" not in text
 
 
 def test_pure_and_deterministic():
-    resp = _response()
-    before = copy.deepcopy(resp)
-    a, b = to_fhir_bundle(resp), to_fhir_bundle(resp)
-    assert resp == before and a == b
-    other = to_fhir_bundle(_response(request_id="5c1d2b6e-0000-4000-8000-000000000001"))
+    a, b = to_fhir_bundle(_result()), to_fhir_bundle(_result())
+    assert a == b
+    report = a["entry"][1]["resource"]
+    assert report["resourceType"] == "DiagnosticReport"
+    report["code"]["coding"].clear()  # editing one bundle changes no other (nothing shared, constants included)
+    assert to_fhir_bundle(_result()) == b
+    other = to_fhir_bundle(_result(request_id="5c1d2b6e-0000-4000-8000-000000000001"))
     assert {e["fullUrl"] for e in a["entry"]}.isdisjoint(e["fullUrl"] for e in other["entry"])
 
 
 def test_untrained_model_is_flagged_and_no_results_still_valid():
-    bundle = to_fhir_bundle(_response(model={"name": "ECGFM-KED", "version": "0.0.0", "untrained": True}))
+    bundle = to_fhir_bundle(_result(model=replace(MODEL, version="0.0.0", untrained=True)))
     _validate(bundle)
     for report in _by_type(bundle, "DiagnosticReport"):
         assert "untrained" in report["conclusion"]
-    empty = to_fhir_bundle(_response(results=[]))
+    empty = to_fhir_bundle(_result(results=()))
     _validate(empty)
     assert "entry" not in empty and empty["type"] == "collection"
 
 
 def test_odd_inputs_still_render_valid_resources():
-    resp = _response(request_id="not-a-uuid", label_set={"name": "custom"}, intended_use="")
-    resp["results"][0]["diagnoses"][0]["codes"] = {"SNOMED CT": "164889003,195080001", "local": "X1"}
-    resp["results"][0]["diagnoses"][1]["knowledge"] = ""
-    bundle = to_fhir_bundle(resp)
+    base = _result()
+    first = base.results[0]
+    af, er = first.diagnoses
+    first = replace(first, diagnoses=(replace(af, codes={"SNOMED CT": "164889003,195080001", "local": "X1"}),
+                                      replace(er, knowledge="")))
+    result = replace(base, request_id="not-a-uuid", label_set=LabelSetRef("custom", ""), intended_use="",
+                     results=(first, *base.results[1:]))
+    bundle = to_fhir_bundle(result)
     _validate(bundle)
     af = next(o for o in _by_type(bundle, "Observation") if o["code"]["text"] == "atrial fibrillation")
     assert [c["code"] for c in af["code"]["coding"]] == ["164889003", "195080001"]
@@ -209,3 +223,24 @@ def test_validator_has_teeth():
     with pytest.raises(ValidationError):
         Bundle.model_validate({"resourceType": "Bundle", "type": "collection",
                                "entry": [{"fullUrl": "urn:uuid:x", "resource": {"resourceType": "Observation"}}]})
+
+
+def test_json_and_fhir_render_the_same_typed_result():
+    result = _result()
+    body = DiagnoseResponse.from_result(result).model_dump(mode="json")
+    assert body["request_id"] == result.request_id and body["label_set"] == {"name": "cinc2021", "version": "3f2a9c1d"}
+    assert "bundle" not in body["model"] and body["model"]["version"] == MODEL.version  # the bundle path stays inside
+    assert [r["id"] for r in body["results"]] == [None, "visit-2", None]
+    first = body["results"][0]
+    assert first["source"]["filename"] == "Doe_John_1957.hea"  # the JSON names the file; FHIR never does
+    assert first["source"]["derived_leads"] == ["III", "aVF"]
+    assert first["diagnoses"][0]["evidence"] == [{"start_s": 1.2, "end_s": 1.5, "weight": 0.21},
+                                                 {"start_s": 4.0, "end_s": 4.3, "weight": 0.12}]
+    assert first["warnings"] == [{"code": "derived_leads", "message": "leads derived from I and II",
+                                  "leads": ["III", "aVF"]}]
+    assert body["warnings"] == [{"code": "slow_queue", "message": "batch waited 2 s", "leads": []}]
+
+    bundle = to_fhir_bundle(result)
+    observations = {o["code"]["text"]: o["valueQuantity"]["value"] for o in _by_type(bundle, "Observation")}
+    in_json = {d["label"]: d["probability"] for r in body["results"] for d in r["diagnoses"]}
+    assert observations == in_json
