@@ -1,0 +1,142 @@
+"""The composition root: one bundle, one database and the diagnose use-case wired together.
+
+``build_service(settings)`` is what every entry point runs: the HTTP lifespan
+(``app.api.state``) and the offline scorer (``open_offline_scorer``: the command line, and
+evaluation or archive scoring later) get the same runtime, knowledge store (seeded with the
+built-in label sets), embedding cache, batched scorer and ``DiagnoseService``, so a record
+scored from the command line and through ``POST /diagnose`` goes through the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from app.ecg.uploads import UploadLimits
+from app.knowledge.builtin import seed_builtin
+from app.knowledge.db import create_schema, make_engine
+from app.knowledge.embedding_cache import EmbeddingCache, LabelSetVectors
+from app.knowledge.store import KnowledgeStore
+from app.knowledge.types import LabelDraft
+from app.ops.settings import Settings
+from app.serving.runtime import ModelRuntime, RuntimeOptions, load_runtime
+from app.usecases.diagnose import DiagnoseService
+from app.usecases.offline import OfflineScorer
+from app.usecases.scoring import RuntimeEmbedder, Scorer
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Service:
+    """Everything a running service holds; built once, closed once."""
+
+    settings: Settings
+    engine: Engine
+    store: KnowledgeStore
+    cache: EmbeddingCache
+    runtime: ModelRuntime
+    embedder: RuntimeEmbedder
+    scorer: Scorer
+    diagnose: DiagnoseService
+    limits: UploadLimits
+
+    def database_ok(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except Exception:  # any driver error means "not reachable"
+            return False
+
+    def close(self) -> None:
+        """Stop the request-work thread and release the database (the scorer is stopped by its owner)."""
+        self.diagnose.close()
+        self.engine.dispose()
+
+
+def upload_limits(settings: Settings) -> UploadLimits:
+    return UploadLimits(
+        max_upload_bytes=int(settings.max_upload_mb * MiB), max_files=settings.max_files,
+        max_archive_members=settings.max_archive_members, max_unpacked_bytes=int(settings.max_unpacked_mb * MiB),
+    )
+
+
+def load_model(settings: Settings) -> ModelRuntime:
+    """The bundle's ONNX runtime; raises BundleError with how-to text when there is no bundle."""
+    return load_runtime(settings.bundle_dir, RuntimeOptions(provider=settings.provider,
+                                                           intra_op_threads=settings.intra_op_threads,
+                                                           lanes=settings.inference_lanes,
+                                                           precision=settings.precision))
+
+
+def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, seed_builtins: bool = True) -> Service:
+    """Load the model (unless ``runtime`` is given) and open the database named by ``settings``.
+
+    ``seed_builtins`` adds the built-in labels and label sets that are not there yet (never
+    overwriting edits); off only for a private database that must hold nothing else.
+    """
+    runtime = runtime or load_model(settings)
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    create_schema(engine)
+    store = KnowledgeStore(engine)
+    if seed_builtins:
+        report = seed_builtin(store)
+        log.info("built-in knowledge: %d labels and %d label sets added", len(report.labels_added),
+                 len(report.label_sets_added))
+    cache = EmbeddingCache(engine)
+    embedder = RuntimeEmbedder(runtime)
+    scorer = Scorer(runtime, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000)
+    diagnose = DiagnoseService(
+        store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
+        default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
+        max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
+    )
+    return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings))
+
+
+@contextmanager
+def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft] = ()) -> Iterator[OfflineScorer]:
+    """An ``OfflineScorer`` over the service that ``settings`` describe, closed on exit.
+
+    With ``adhoc_labels`` the site's database is not opened: the labels are registered in a
+    private SQLite database in a temporary directory (removed on exit, also on error) that
+    holds only them, so they are scored exactly as registered labels are (``DiagnoseOptions(
+    labels=<their names>)``: knowledge, codes, versioned ad-hoc set) without being stored
+    anywhere. Their vectors are computed for this run only.
+    """
+    if not adhoc_labels:
+        service = build_service(settings)
+        try:
+            with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
+                yield scorer
+        finally:
+            service.close()
+        return
+    drafts = [d.validated() for d in adhoc_labels]
+    runtime = load_model(settings)  # first: a missing bundle is reported before anything is written
+    with tempfile.TemporaryDirectory(prefix="ecgfm-adhoc-") as scratch:
+        private = replace_database(settings, Path(scratch) / "adhoc.sqlite3")
+        service = build_service(private, runtime=runtime, seed_builtins=False)
+        try:
+            for draft in drafts:
+                service.store.create_label(replace(draft, label_sets=()))
+            with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
+                yield scorer
+        finally:
+            service.close()
+
+
+def replace_database(settings: Settings, sqlite_file: Path) -> Settings:
+    """A copy of ``settings`` whose database is the SQLite file ``sqlite_file``."""
+    return settings.model_copy(update={"database_url": f"sqlite:///{sqlite_file.resolve()}"})
