@@ -1,9 +1,10 @@
 """Domain errors -> HTTP, in one place. Every error body is
-``{"error": {"code": ..., "message": ..., "details": {...}}}``."""
+``{"error": {"code": ..., "message": ..., "details": {...}}, "request_id": ...}`` (``ErrorBody``)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -11,8 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as E
-from app.serving.batching import BatchError
 from app.ops import metrics
+from app.serving.batching import BatchError
 
 log = logging.getLogger(__name__)
 
@@ -31,45 +32,102 @@ STATUS: list[tuple[type[E.ServiceError], int]] = [
     (E.BundleError, 503),
     (BatchError, 500),
 ]
+UNMAPPED_STATUS = 500
+
+# Errors the framework raises itself (unknown path, wrong method, malformed multipart, ...).
+HTTP_ERROR_CODES: dict[int, str] = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "upload_too_large",
+    415: "unsupported_format",
+}
+OTHER_HTTP_ERROR_CODE = "http_error"
+VALIDATION_STATUS = 422  # parameters or a JSON body that fail FastAPI's validation
+VALIDATION_CODE = "invalid_request"
+INTERNAL_CODE = "internal_error"
+
+# Domain errors that only the command line and the bundle tools raise (fetch, export,
+# quantize); no route can answer with them, so the API's ErrorCode enum leaves them out.
+OFFLINE_ONLY_CODES = frozenset({"error", "checkpoint_invalid", "fetch_failed", "precision_rejected"})
+
+
+def status_for_class(cls: type[E.ServiceError]) -> int:
+    for mapped, status in STATUS:
+        if issubclass(cls, mapped):
+            return status
+    return UNMAPPED_STATUS
 
 
 def status_for(exc: E.ServiceError) -> int:
-    for cls, status in STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
+    return status_for_class(type(exc))
 
 
-def error_body(code: str, message: str, details: dict | None = None) -> dict:
-    return {"error": {"code": code, "message": message, "details": details or {}}}
+def service_error_classes() -> list[type[E.ServiceError]]:
+    """Every ServiceError subclass defined by the modules imported so far."""
+    found: list[type[E.ServiceError]] = []
+    pending: list[type[E.ServiceError]] = [E.ServiceError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
 
 
-async def _service_error(_request: Request, exc: E.ServiceError) -> JSONResponse:
+def codes_for_status(status: int) -> list[str]:
+    """The error codes a route may answer with at ``status`` (for the OpenAPI document)."""
+    codes = {cls.code for cls in service_error_classes()
+             if cls.code not in OFFLINE_ONLY_CODES and status_for_class(cls) == status}
+    if status in HTTP_ERROR_CODES:
+        codes.add(HTTP_ERROR_CODES[status])
+    if status == VALIDATION_STATUS:
+        codes.add(VALIDATION_CODE)
+    if status == 500:
+        codes.add(INTERNAL_CODE)
+    return sorted(codes)
+
+
+def request_id_of(request: Request) -> str | None:
+    """The id the request-id middleware gave this request (None if it did not run)."""
+    value = getattr(request.state, "request_id", None)
+    return value if isinstance(value, str) else None
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None, *,
+               request_id: str | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}, "request_id": request_id}
+
+
+async def _service_error(request: Request, exc: E.ServiceError) -> JSONResponse:
     metrics.record_error(exc.code)
-    return JSONResponse(error_body(exc.code, exc.message, exc.details), status_code=status_for(exc))
+    return JSONResponse(error_body(exc.code, exc.message, exc.details, request_id=request_id_of(request)),
+                        status_code=status_for(exc))
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
-    metrics.record_error("invalid_request")
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    metrics.record_error(VALIDATION_CODE)
     problems = [
         {"location": [str(p) for p in e.get("loc", ())], "problem": e.get("msg", "")} for e in exc.errors()
     ]
     summary = "; ".join(f"{'.'.join(p['location'])}: {p['problem']}" for p in problems[:5])
-    return JSONResponse(error_body("invalid_request", f"the request is not valid: {summary}", {"problems": problems}),
-                        status_code=422)
+    return JSONResponse(error_body(VALIDATION_CODE, f"the request is not valid: {summary}", {"problems": problems},
+                                   request_id=request_id_of(request)),
+                        status_code=VALIDATION_STATUS)
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed", 413: "upload_too_large"}.get(exc.status_code, "http_error")
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_ERROR_CODES.get(exc.status_code, OTHER_HTTP_ERROR_CODE)
     metrics.record_error(code)
-    return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+    return JSONResponse(error_body(code, str(exc.detail), request_id=request_id_of(request)),
+                        status_code=exc.status_code, headers=exc.headers)
 
 
-async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # No request content in the log line: it may carry patient data.
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
-    metrics.record_error("internal_error")
-    return JSONResponse(error_body("internal_error", "an internal error occurred; it has been logged"), status_code=500)
+    metrics.record_error(INTERNAL_CODE)
+    return JSONResponse(error_body(INTERNAL_CODE, "an internal error occurred; it has been logged",
+                                   request_id=request_id_of(request)), status_code=500)
 
 
 def install(app: FastAPI) -> None:

@@ -1,5 +1,5 @@
 """The FastAPI application: lifespan (load model, open database, start the batcher),
-metrics middleware, error mapping and routers."""
+metrics middleware, error mapping, routers and the (offline) API documentation."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.api import errors
-from app.api.middleware import RequestMetrics
+from app.api import errors, openapi
+from app.api.middleware import RequestObserver
 from app.api.routes import diagnose, health, labels
 from app.api.state import build_state
 from app.errors import ServiceError
@@ -26,7 +26,15 @@ DESCRIPTION = """Zero-shot 12-lead ECG diagnosis with ECGFM-KED (Tian et al., Ce
 
 **Intended use:** decision support for qualified clinicians, not a diagnosis. Probabilities are
 uncalibrated model outputs; this service has not measured their accuracy on your population.
+
+Every error answers `{"error": {"code", "message", "details"}, "request_id"}` (schema `ErrorBody`; the
+`code` values are listed in `ErrorCode`).
 """
+TAGS = [
+    {"name": "diagnose", "description": "score ECGs against a label set"},
+    {"name": "labels", "description": "diagnosis labels and versioned label sets"},
+    {"name": "operations", "description": "health, readiness, the served model, formats, metrics"},
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,16 +63,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             metrics.set_ready(False)
             await state.scorer.stop()
-            state.diagnose.close()
-            state.engine.dispose()
+            state.close()
 
-    app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  openapi_tags=TAGS, responses=openapi.error_responses(500),
+                  docs_url=None, redoc_url=None)  # FastAPI's pages load their assets from a CDN; ours are local
     app.state.service = None
     app.state.startup_error = None
     errors.install(app)
 
-    app.add_middleware(RequestMetrics)
+    app.add_middleware(RequestObserver)
     app.include_router(health.router)
     app.include_router(diagnose.router)
     app.include_router(labels.router)
+    openapi.install(app)
     return app

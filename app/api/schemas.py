@@ -3,28 +3,174 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.knowledge.types import Label, LabelDraft, LabelSet, LabelSetDraft
+from app.serving.runtime import ModelInfo
+from app.usecases import results as diagnose_results
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """Every ``error.code`` the HTTP service answers with (stable: part of the API contract).
+
+    The HTTP status of each is in ``app/api/errors.py``; tests/api/test_openapi_contract.py checks
+    that every domain error the service can raise has its code here.
+    """
+
+    invalid_request = "invalid_request"          # 400/422: parameters or body fail validation
+    invalid_input = "invalid_input"              # 400: well-formed request whose content cannot be used
+    unsafe_upload = "unsafe_upload"              # 400: path traversal or links in an upload
+    not_found = "not_found"                      # 404: unknown label, label set, version or path
+    method_not_allowed = "method_not_allowed"    # 405
+    conflict = "conflict"                        # 409: name taken, label still in a set
+    upload_too_large = "upload_too_large"        # 413
+    unsupported_format = "unsupported_format"    # 415: content type or file format not read
+    malformed_file = "malformed_file"            # 422: a known format with broken content
+    missing_leads = "missing_leads"              # 422: standard leads missing and not derivable
+    signal_too_short = "signal_too_short"        # 422: shorter than one window (see pad=true)
+    unsupported_signal = "unsupported_signal"    # 422: rate, units or shape outside the limits
+    internal_error = "internal_error"            # 500: a bug; logged without request content
+    batch_failed = "batch_failed"                # 500: the model run for a batch failed
+    model_not_ready = "model_not_ready"          # 503: starting, or the model failed to load
+    bundle_invalid = "bundle_invalid"            # 503: the model bundle cannot be used
+    http_error = "http_error"                    # any other HTTP status the framework answers with
 
 
 class ErrorDetail(BaseModel):
-    code: str
-    message: str
-    details: dict[str, Any] = {}
+    code: ErrorCode = Field(..., description="stable machine-readable reason; see the ErrorCode enum")
+    message: str = Field(..., description="what is wrong and how to fix it, for a person")
+    details: dict[str, Any] = Field({}, description="structured facts about the problem (e.g. `problems` for "
+                                                    "invalid_request: each with `location` and `problem`)")
 
 
 class ErrorBody(BaseModel):
+    """The body of every error response."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "error": {"code": "not_found", "message": "no label set named 'rhythm'", "details": {}},
+        "request_id": "6f1c2a9e0b7d4e55a3c1d2e3f4a5b6c7",
+    }]})
+
     error: ErrorDetail
+    request_id: str | None = Field(
+        None, description="the request's id (the caller's X-Request-ID, or one the service made): quote it when "
+                          "reporting a problem; it is in the service's access log too",
+    )
+
+
+# --- operations ----------------------------------------------------------------------------
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
+class ReadinessChecks(BaseModel):
+    model: bool = Field(..., description="a model bundle is loaded")
+    database: bool = Field(..., description="the knowledge database answers")
+
+
+class ReadinessOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"status": "ready", "checks": {"model": True, "database": True}},
+        {"status": "not_ready", "checks": {"model": False, "database": False},
+         "reason": "no model bundle at model_store/bundle: run `ecgfm-ked fetch --export-to model_store/bundle`"},
+    ]})
+
+    status: Literal["ready", "not_ready"]
+    checks: ReadinessChecks
+    reason: str | None = Field(None, description="why the model did not load (only while not ready)")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(..., examples=["ECGFM-KED"])
+    version: str = Field(..., examples=["ecgfm-ked-3c1f9a0e52d4"])
+    provider: str = Field(..., description="ONNX Runtime execution provider actually in use",
+                          examples=["CPUExecutionProvider"])
+    precision: str = Field(..., examples=["fp32"])
+    untrained: bool = Field(..., description="true for a demo bundle of random weights: its outputs mean nothing")
+    checkpoint_sha256: str | None = Field(None, description="sha256 of the checkpoint the bundle was exported from")
+
+
+class ModelDescriptionOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "model": {"name": "ECGFM-KED", "version": "ecgfm-ked-3c1f9a0e52d4", "provider": "CPUExecutionProvider",
+                  "precision": "fp32", "untrained": False, "checkpoint_sha256": "9b2e...c41d"},
+        "manifest": {"model_version": "ecgfm-ked-3c1f9a0e52d4", "opset": 17, "untrained": False,
+                     "preprocessing": {"sampling_rate_hz": 100, "window_samples": 1000, "units": "mV"}},
+    }]})
+
+    model: ServedModel
+    manifest: dict[str, Any] = Field(..., description="the bundle's manifest.json (graphs, config, contract, parity)")
+
+
+class FormatOut(BaseModel):
+    name: str = Field(..., examples=["wfdb"])
+    title: str = Field(..., examples=["WFDB (.hea + .dat/.mat)"])
+    extensions: list[str] = Field(..., examples=[[".hea", ".dat", ".mat"]])
+
+
+class JsonBodyHint(BaseModel):
+    content_type: Literal["application/json"]
+    body: str = Field(..., description="the shape of a JSON request to POST /diagnose")
+
+
+class SamplingRateLimits(BaseModel):
+    min: float
+    max: float
+
+
+class InputLimits(BaseModel):
+    max_upload_mb: float
+    max_files: int
+    max_archive_members: int
+    max_unpacked_mb: float
+    max_ecgs_per_request: int
+    min_duration_s: float
+    min_duration_s_with_pad: float
+    max_duration_s: float
+    sampling_rate_hz: SamplingRateLimits
+
+
+class FormatsOut(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, json_schema_extra={"examples": [{
+        "formats": [{"name": "wfdb", "title": "WFDB (.hea + .dat/.mat)", "extensions": [".hea", ".dat", ".mat"]}],
+        "json": {"content_type": "application/json",
+                 "body": '{"ecgs": [{"sampling_rate": 500, "units": "mV", "leads": {"I": [...], ...}}]}'},
+        "limits": {"max_upload_mb": 50, "max_files": 64, "max_archive_members": 256, "max_unpacked_mb": 200,
+                   "max_ecgs_per_request": 32, "min_duration_s": 10.0, "min_duration_s_with_pad": 2.0,
+                   "max_duration_s": 600.0, "sampling_rate_hz": {"min": 50, "max": 10000}},
+        "preprocessing": {"sampling_rate_hz": 100, "window_samples": 1000, "units": "mV"},
+    }]})
+
+    formats: list[FormatOut] = Field(..., description="accepted formats, in detection order")
+    json_body: JsonBodyHint = Field(..., alias="json")
+    limits: InputLimits
+    preprocessing: dict[str, Any] = Field(..., description="the served model's preprocessing contract")
 
 
 # --- labels --------------------------------------------------------------------------------
 
 
+WELLENS: dict[str, Any] = {
+    "name": "wellens syndrome",
+    "description": "Deeply inverted or biphasic symmetric T waves in V2-V3 with preserved R waves and little or no ST "
+                   "elevation, in a patient with recent chest pain; suggests critical proximal LAD stenosis.",
+    "synonyms": ["wellens sign", "LAD coronary T-wave syndrome"],
+    "codes": {},
+    "encode_text": "description",
+}
+
+
 class LabelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{**WELLENS, "label_sets": ["default"]}]})
 
     name: str = Field(..., max_length=200, examples=["wellens syndrome"])
     description: str = Field(
@@ -47,6 +193,11 @@ class LabelIn(BaseModel):
 
 
 class LabelOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": 77, **WELLENS, "builtin": False, "updated_at": "2025-03-14T09:26:53.589000Z",
+        "label_sets": ["default"], "embedded": True,
+    }]})
+
     id: int
     name: str
     description: str
@@ -59,14 +210,17 @@ class LabelOut(BaseModel):
     embedded: bool = Field(False, description="its text vector is in the cache for the served text encoder")
 
     @classmethod
-    def of(cls, label: Label, *, label_sets: list[str] | None = None, embedded: bool = False) -> "LabelOut":
+    def of(cls, label: Label, *, label_sets: list[str] | None = None, embedded: bool = False) -> LabelOut:
         return cls(id=label.id, name=label.name, description=label.description, synonyms=list(label.synonyms),
                    codes=dict(label.codes), encode_text=label.encode_text, builtin=label.builtin,
                    updated_at=label.updated_at, label_sets=label_sets or [], embedded=embedded)
 
 
 class LabelSetIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "name": "rhythm", "description": "rhythm screening panel",
+        "labels": ["sinus rhythm", "atrial fibrillation", "atrial flutter"],
+    }]})
 
     name: str = Field(..., max_length=200)
     description: str = ""
@@ -77,6 +231,11 @@ class LabelSetIn(BaseModel):
 
 
 class LabelSetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "rhythm", "description": "rhythm screening panel", "version": "36995e4a2f2885eb", "builtin": False,
+        "labels": ["sinus rhythm", "atrial fibrillation", "atrial flutter"], "updated_at": "2025-03-14T09:30:02Z",
+    }]})
+
     name: str
     description: str
     version: str
@@ -85,7 +244,7 @@ class LabelSetOut(BaseModel):
     updated_at: datetime | None = None
 
     @classmethod
-    def of(cls, s: LabelSet) -> "LabelSetOut":
+    def of(cls, s: LabelSet) -> LabelSetOut:
         return cls(name=s.name, description=s.description, version=s.version, builtin=s.builtin,
                    labels=list(s.label_names), updated_at=s.updated_at)
 
@@ -96,46 +255,81 @@ class LabelSetOut(BaseModel):
 class EcgArrays(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str | None = Field(None, max_length=128, description="caller's reference, echoed back (do not put patient identifiers here)")
+    id: str | None = Field(None, max_length=128,
+                           description="caller's reference, echoed back (do not put patient identifiers here)")
     sampling_rate: float = Field(..., gt=0, examples=[500])
     units: str = Field("mV", examples=["mV", "uV"])
     leads: dict[str, list[float | None]] = Field(..., description="one array per named lead; null = missing sample")
 
 
+# Shortened to 4 samples: a real request carries at least 10 s per lead. I, II and V1-V6 are enough
+# (III, aVR, aVL and aVF are derived from I and II); all 12 may be sent.
+DIAGNOSE_JSON_EXAMPLE: dict[str, Any] = {
+    "ecgs": [{
+        "id": "visit-3-ecg-1",
+        "sampling_rate": 500,
+        "units": "mV",
+        "leads": {
+            "I": [0.012, 0.015, 0.021, 0.034], "II": [0.020, 0.026, 0.041, 0.065],
+            "V1": [-0.010, -0.012, -0.004, 0.008], "V2": [0.031, 0.037, 0.052, 0.090],
+            "V3": [0.028, 0.033, 0.047, 0.081], "V4": [0.025, 0.030, 0.044, 0.076],
+            "V5": [0.019, 0.024, 0.036, 0.061], "V6": [0.015, 0.019, 0.028, 0.047],
+        },
+    }],
+}
+
+
 class DiagnoseJson(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A JSON request to POST /diagnose: ECGs as lead arrays."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [DIAGNOSE_JSON_EXAMPLE]})
 
     ecgs: list[EcgArrays] = Field(..., min_length=1)
 
 
 class Evidence(BaseModel):
-    start_s: float
+    start_s: float = Field(..., description="seconds from the start of the record")
     end_s: float
     weight: float = Field(..., description="share of the label's attention in this span")
 
+    @classmethod
+    def of(cls, span: diagnose_results.EvidenceSpan) -> Evidence:
+        return cls(start_s=span.start_s, end_s=span.end_s, weight=span.weight)
+
 
 class Diagnosis(BaseModel):
-    rank: int
+    rank: int = Field(..., description="1 = most probable label of the set (kept when others are filtered out)")
     label: str
     label_id: int | None
-    probability: float
+    probability: float = Field(..., description="uncalibrated zero-shot probability (depends on the whole label set)")
     aggregation: str = Field(..., description="how window probabilities were combined: max, mean or single_window")
     codes: dict[str, str]
-    knowledge: str
-    evidence: list[Evidence]
-    window_probabilities: list[float] | None = None
+    knowledge: str = Field(..., description="the label's description, for the clinician")
+    evidence: list[Evidence] = Field(..., description="signal spans the label attended to most, heaviest first")
+    window_probabilities: list[float] | None = Field(None, description="per window (with include_windows=true)")
+
+    @classmethod
+    def of(cls, d: diagnose_results.RankedDiagnosis) -> Diagnosis:
+        return cls(rank=d.rank, label=d.label, label_id=d.label_id, probability=d.probability,
+                   aggregation=d.aggregation, codes=dict(d.codes), knowledge=d.knowledge,
+                   evidence=[Evidence.of(e) for e in d.evidence],
+                   window_probabilities=None if d.window_probabilities is None else list(d.window_probabilities))
 
 
 class SignalWarningOut(BaseModel):
-    code: str
+    code: str = Field(..., examples=["derived_leads"])
     message: str
     leads: list[str] = []
+
+    @classmethod
+    def of(cls, w: diagnose_results.ResultWarning) -> SignalWarningOut:
+        return cls(code=w.code, message=w.message, leads=list(w.leads))
 
 
 class SourceOut(BaseModel):
     filename: str | None
     format: str
-    fs: float
+    fs: float = Field(..., description="the record's own sampling rate (Hz)")
     duration_s: float
     leads_read: list[str]
     derived_leads: list[str]
@@ -143,13 +337,25 @@ class SourceOut(BaseModel):
     window_starts_s: list[float]
     padded: bool
 
+    @classmethod
+    def of(cls, s: diagnose_results.SourceDescription) -> SourceOut:
+        return cls(filename=s.filename, format=s.format, fs=s.fs, duration_s=s.duration_s,
+                   leads_read=list(s.leads_read), derived_leads=list(s.derived_leads), windows=s.windows,
+                   window_starts_s=list(s.window_starts_s), padded=s.padded)
+
 
 class EcgResult(BaseModel):
     ecg_index: int
-    id: str | None = None
+    id: str | None = Field(None, description="the caller's reference (JSON requests), echoed back")
     source: SourceOut
     diagnoses: list[Diagnosis]
     warnings: list[SignalWarningOut]
+
+    @classmethod
+    def of(cls, r: diagnose_results.EcgResult) -> EcgResult:
+        return cls(ecg_index=r.ecg_index, id=r.ref, source=SourceOut.of(r.source),
+                   diagnoses=[Diagnosis.of(d) for d in r.diagnoses],
+                   warnings=[SignalWarningOut.of(w) for w in r.warnings])
 
 
 class ModelOut(BaseModel):
@@ -160,17 +366,60 @@ class ModelOut(BaseModel):
     untrained: bool
     checkpoint_sha256: str | None = None
 
+    @classmethod
+    def of(cls, m: ModelInfo) -> ModelOut:
+        return cls(name=m.name, version=m.version, provider=m.provider, precision=m.precision, untrained=m.untrained,
+                   checkpoint_sha256=m.checkpoint_sha256)
+
 
 class LabelSetRef(BaseModel):
     name: str
-    version: str
+    version: str = Field(..., description="content hash of the label set's labels and texts")
+
+
+DIAGNOSE_RESPONSE_EXAMPLE: dict[str, Any] = {
+    "request_id": "6f1c2a9e0b7d4e55a3c1d2e3f4a5b6c7",
+    "model": {"name": "ECGFM-KED", "version": "ecgfm-ked-3c1f9a0e52d4", "provider": "CPUExecutionProvider",
+              "precision": "fp32", "untrained": False, "checkpoint_sha256": None},
+    "label_set": {"name": "default", "version": "5f0c8e1d9a2b4c37"},
+    "intended_use": "Decision support for qualified clinicians, not a diagnosis. ...",
+    "results": [{
+        "ecg_index": 0,
+        "id": None,
+        "source": {"filename": "00001_hr.hea", "format": "wfdb", "fs": 500.0, "duration_s": 10.0,
+                   "leads_read": ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
+                   "derived_leads": [], "windows": 1, "window_starts_s": [0.0], "padded": False},
+        "diagnoses": [{
+            "rank": 1, "label": "atrial fibrillation", "label_id": 12, "probability": 0.912345,
+            "aggregation": "single_window", "codes": {"SNOMED CT": "49436004"},
+            "knowledge": "Irregularly irregular rhythm without distinct P waves ...",
+            "evidence": [{"start_s": 3.125, "end_s": 3.75, "weight": 0.2113}, {"start_s": 7.5, "end_s": 7.8125,
+                                                                              "weight": 0.0932}],
+            "window_probabilities": None,
+        }],
+        "warnings": [],
+    }],
+    "warnings": [],
+    "timings_ms": {"parse": 4.1, "embed": 0.2, "preprocess": 6.3, "queue": 1.2, "inference": 48.7, "total": 62.0},
+}
 
 
 class DiagnoseResponse(BaseModel):
-    request_id: str
+    """The JSON answer of POST /diagnose (``DiagnoseResponse.from_result`` of the use-case's result)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [DIAGNOSE_RESPONSE_EXAMPLE]})
+
+    request_id: str = Field(..., description="the request's id (the X-Request-ID header), also in the access log")
     model: ModelOut
     label_set: LabelSetRef
     intended_use: str
-    results: list[EcgResult]
-    warnings: list[SignalWarningOut]
-    timings_ms: dict[str, float]
+    results: list[EcgResult] = Field(..., description="one per ECG, in the order read")
+    warnings: list[SignalWarningOut] = Field(..., description="about the whole response (e.g. an untrained model)")
+    timings_ms: dict[str, float] = Field(..., description="milliseconds per stage, and total")
+
+    @classmethod
+    def from_result(cls, result: diagnose_results.DiagnoseResult) -> DiagnoseResponse:
+        return cls(request_id=result.request_id, model=ModelOut.of(result.model),
+                   label_set=LabelSetRef(name=result.label_set.name, version=result.label_set.version),
+                   intended_use=result.intended_use, results=[EcgResult.of(r) for r in result.results],
+                   warnings=[SignalWarningOut.of(w) for w in result.warnings], timings_ms=dict(result.timings_ms))

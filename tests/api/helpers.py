@@ -68,7 +68,8 @@ def assert_error(resp, status: int, code: str) -> dict[str, Any]:
     """The response is ``status`` with the documented error body; returns ``error``."""
     assert resp.status_code == status, (resp.status_code, resp.text[:500])
     body = resp.json()
-    assert set(body) == {"error"}, body
+    assert set(body) == {"error", "request_id"}, body
+    assert body["request_id"] is None or isinstance(body["request_id"], str), body
     err = body["error"]
     assert set(err) == {"code", "message", "details"}, err
     assert err["code"] == code, err
