@@ -1,21 +1,16 @@
 #!/usr/bin/env bash
-# Set up and start the service on http://127.0.0.1:8000 with a working model bundle:
-#  1. model_store/bundle if it exists;
-#  2. else the real weights (Zenodo 14881564 + Bio_ClinicalBERT) fetched and exported, where the network allows;
-#  3. else an UNTRAINED demo bundle, clearly marked as such in every response.
+# Set up and start the service on http://127.0.0.1:8000 with a working model bundle
+# (scripts/init-bundle.sh decides which; the Docker init service runs the same script):
+#  1. model_store/bundle if it exists (a demo bundle there is replaced once real files are given);
+#  2. else model_store/checkpoint.pt + model_store/text_model/ exported, if you put them there;
+#  3. else the real weights (Zenodo 14881564 + Bio_ClinicalBERT) fetched and exported, where the network allows;
+#  4. else an UNTRAINED demo bundle, clearly marked as such in every response.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 BUNDLE=${ECGFM_BUNDLE_DIR:-model_store/bundle}
-if [ ! -f "$BUNDLE/manifest.json" ]; then
-  if .venv/bin/ecgfm-ked fetch --export-to "$BUNDLE"; then
-    echo "real ECGFM-KED bundle exported to $BUNDLE"
-  else
-    echo "" >&2
-    echo "!!! Could not fetch the real weights (see the message above)." >&2
-    echo "!!! Building an UNTRAINED DEMO bundle: its outputs mean nothing clinically." >&2
-    echo "!!! Put the real files in place and run: ecgfm-ked export --checkpoint CKPT --text-model DIR --out $BUNDLE --overwrite" >&2
-    .venv/bin/ecgfm-ked demo-bundle --out "$BUNDLE" --overwrite
-  fi
-fi
+ECGFM_CLI=.venv/bin/ecgfm-ked PYTHON=.venv/bin/python \
+  ECGFM_CHECKPOINT=${ECGFM_CHECKPOINT:-model_store/checkpoint.pt} \
+  ECGFM_TEXT_MODEL=${ECGFM_TEXT_MODEL:-model_store/text_model} \
+  bash scripts/init-bundle.sh "$BUNDLE"
 exec .venv/bin/ecgfm-ked serve --bundle "$BUNDLE" --host "${ECGFM_HOST:-127.0.0.1}" --port "${ECGFM_PORT:-8000}"
