@@ -230,3 +230,68 @@ def test_non_hea_name_is_refused(ecg_data_dir: Path, tmp_path: Path) -> None:
     shutil.copy(ecg_data_dir / "E07500.hea", tmp_path / "E07500.txt")
     with pytest.raises(MalformedFile, match=r"<record>\.hea"):
         READER.read(tmp_path / "E07500.txt", ReadHints())
+
+
+# --- headers with the quirks of real archives ------------------------------------------------------
+
+_QUIRKS = {
+    # (record line or whole-header transform, whether the reader reports a header quirk)
+    "record name with .mat": (lambda t: t.replace("E07500 12", "E07500.mat 12", 1), True),
+    "record name with .hea": (lambda t: t.replace("E07500 12", "E07500.hea 12", 1), True),
+    "record name with .dat and CRLF": (
+        lambda t: t.replace("E07500 12", "E07500.dat 12", 1).replace("\n", "\r\n"), True),
+    "byte-order mark": (lambda t: "\ufeff" + t, True),
+    "ISO base date": (lambda t: t.replace("E07500 12 500 5000", "E07500 12 500 5000 12:30:00 2020-01-02", 1), True),
+    "two-digit year": (lambda t: t.replace("E07500 12 500 5000", "E07500 12 500 5000 12:30:00 01/02/20", 1), True),
+    "CRLF": (lambda t: t.replace("\n", "\r\n"), False),
+    "trailing blanks": (lambda t: "\n".join(line + " \t " for line in t.splitlines()) + "\n", False),
+    "tabs": (lambda t: t.replace(" ", "\t"), False),
+    "blank lines and no final newline": (lambda t: "\n\n".join(t.splitlines()), False),
+    "no sample count": (lambda t: t.replace("E07500 12 500 5000", "E07500 12 500", 1), False),
+    "signal lines with file and format only": (
+        lambda t: "\n".join([t.splitlines()[0]] + [" ".join(x.split()[:3]) for x in t.splitlines()[1:13]]) + "\n",
+        False),
+}
+
+
+@pytest.mark.parametrize("quirk", sorted(_QUIRKS))
+def test_quirky_headers_read_as_wfdb_reads_the_plain_one(quirk: str, ecg_data_dir: Path, tmp_path: Path) -> None:
+    transform, reported = _QUIRKS[quirk]
+    shutil.copy(ecg_data_dir / "E07500.mat", tmp_path / "E07500.mat")
+    plain = (ecg_data_dir / "E07500.hea").read_text()
+    header = tmp_path / "E07500.hea"
+    header.write_bytes(transform(plain).encode("utf-8"))
+    assert READER.claims(header, _head(header))
+    rec = READER.read(header, ReadHints())
+    # what wfdb reads from the unquirked header (the signal-line quirk changes gains: wfdb reads
+    # that header itself)
+    ref_dir = tmp_path if "format only" in quirk else ecg_data_dir
+    reference = wfdb.rdrecord(str(ref_dir / "E07500"))
+    np.testing.assert_array_equal(rec.signals, reference.p_signal.T)
+    assert rec.fs == 500.0
+    assert rec.lead_names == tuple(n or f"signal{i + 1}" for i, n in enumerate(reference.sig_name))
+    assert ("header_quirks" in rec.metadata) is reported, rec.metadata
+
+
+def test_record_name_with_extension_through_wfdb_itself(ecg_data_dir: Path, tmp_path: Path) -> None:
+    """A non-ASCII comment keeps the record off the numpy fast path: wfdb reads the fixed
+    header, written with links to the signal files in a temporary folder."""
+    shutil.copy(ecg_data_dir / "E07500.mat", tmp_path / "E07500.mat")
+    text = (ecg_data_dir / "E07500.hea").read_text().replace("E07500 12", "E07500.mat 12", 1)
+    header = tmp_path / "E07500.hea"
+    header.write_bytes((text + "# Kommentar: \u00c4rztin\n").encode("utf-8"))
+    rec = READER.read(header, ReadHints())
+    assert rec.metadata["decoder"] == "wfdb"
+    assert rec.metadata["header_quirks"] == ["record name 'E07500.mat' read as 'E07500' (the header's file name)"]
+    reference = wfdb.rdrecord(str(ecg_data_dir / "E07500")).p_signal.T
+    np.testing.assert_array_equal(rec.signals, reference)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["E07500.hea", "E07500.mat"]
+
+
+def test_garbled_gain_field_gets_a_clear_422(ecg_data_dir: Path, tmp_path: Path) -> None:
+    shutil.copy(ecg_data_dir / "E07500.mat", tmp_path / "E07500.mat")
+    text = (ecg_data_dir / "E07500.hea").read_text().replace("1000.0(0)/mV", "lots/mV", 1)
+    (tmp_path / "E07500.hea").write_text(text)
+    with pytest.raises(UnsupportedSignal) as info:
+        READER.read(tmp_path / "E07500.hea", ReadHints())
+    assert "'lots/mV'" in info.value.message and str(tmp_path) not in info.value.message

@@ -15,16 +15,19 @@ defaults for files written in the same layout at another rate.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from app.ecg.readers._common import hinted_lead_names, hinted_mv_factor, hinted_rate
+from app.ecg.readers._limits import check_decompressed, check_samples, inflated_size
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
-from app.errors import MalformedFile
+from app.errors import MalformedFile, UploadTooLarge
 
 CPSC_FS = 500.0
 MAGIC = b"MATLAB 5.0 MAT-file"
+_MI_COMPRESSED = 15
 
 
 def _ecg_struct_listed(path: Path) -> bool:
@@ -45,6 +48,12 @@ class CpscMatReader:
     def claims(self, path: Path, head: bytes) -> bool:
         if not head.startswith(MAGIC):
             return False
+        try:
+            _check_inflated(Path(path))  # scipy's listing would inflate a bomb too
+        except UploadTooLarge:
+            return True  # a MATLAB 5 file too large to list: read() refuses it, naming the limit
+        except MalformedFile:
+            return False
         return _ecg_struct_listed(Path(path))
 
     def companions(self, path: Path) -> list[Path]:
@@ -60,6 +69,7 @@ class CpscMatReader:
             raise MalformedFile(f"cannot read MATLAB file: {e}") from None
         if head != MAGIC:
             raise MalformedFile("not a MATLAB 5 file: the 'MATLAB 5.0 MAT-file' text header is missing")
+        _check_inflated(Path(path))
         try:
             mat = scipy.io.loadmat(str(path), squeeze_me=False, struct_as_record=True, variable_names=["ECG"])
         except Exception as e:  # scipy raises ValueError, TypeError, zlib errors ... on broken files
@@ -79,6 +89,7 @@ class CpscMatReader:
         if data.ndim != 2 or 12 not in data.shape:
             raise MalformedFile(f"ECG.data has shape {data.shape}; expected 12 x N")
         signals = data if data.shape[0] == 12 else data.T
+        check_samples(12, int(signals.shape[1]), "ECG.data")
         if signals.shape[1] == 0:
             raise MalformedFile("ECG.data holds no samples")
 
@@ -95,6 +106,49 @@ class CpscMatReader:
                 "units": unit,
             },
         )
+
+
+def _check_inflated(path: Path) -> None:
+    """Walk the top-level data elements; compressed ones are inflated in chunks and counted
+    (never kept), so a zlib bomb is refused before scipy inflates it whole."""
+    total = 0
+    try:
+        with path.open("rb") as fh:
+            fh.seek(126)
+            endian = fh.read(2)
+            order = "<" if endian == b"IM" else ">" if endian == b"MI" else None
+            if order is None:
+                raise MalformedFile("MATLAB 5 file has no valid endian indicator")
+            size = path.stat().st_size
+            offset = 128
+            while offset + 8 <= size:
+                fh.seek(offset)
+                tag = np.frombuffer(fh.read(8), dtype=f"{order}u4")
+                mtype, nbytes = int(tag[0]), int(tag[1])
+                if mtype >> 16:  # small data element: 4 bytes of data inside the tag
+                    offset += 8
+                    continue
+                if mtype == _MI_COMPRESSED:
+                    total += inflated_size(_Bounded(fh, nbytes).read, "MATLAB compressed variable")
+                    check_decompressed(total, "MATLAB file")
+                else:
+                    total += nbytes
+                offset += 8 + nbytes + (-nbytes % 8 if mtype != _MI_COMPRESSED else 0)
+    except OSError as e:
+        raise MalformedFile(f"cannot read MATLAB file: {e}") from None
+
+
+class _Bounded:
+    """At most ``n`` bytes of a file, read from its current position."""
+
+    def __init__(self, fh: BinaryIO, n: int) -> None:
+        self._fh, self._left = fh, n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._fh.read(size)
+        self._left -= len(data)
+        return data
 
 
 READER: FormatReader = CpscMatReader()

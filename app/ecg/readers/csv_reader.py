@@ -20,6 +20,13 @@ import numpy as np
 
 from app.ecg.leads import is_lead_name, strip_lead_prefix
 from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
+from app.ecg.readers._limits import (
+    MAX_CELL_CHARS,
+    MAX_HEADER_CELL_CHARS,
+    MAX_LINE_CHARS,
+    check_leads,
+    check_samples,
+)
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.ecg.units import mv_factor
@@ -94,15 +101,26 @@ class CsvReader:
         except OSError as e:
             raise MalformedFile(f"cannot read CSV file: {e}") from None
         lines = text.splitlines()
+        del text
         # index of the header line (first non-blank one), for 1-based line numbers in messages
         start = next((i for i, ln in enumerate(lines) if ln.strip()), None)
         if start is None:
             raise MalformedFile("CSV file is empty")
+        _check_line_lengths(lines)
+        check_samples(1, len(lines) - start - 1, "CSV file")
         delim = _sniff_delimiter(lines[start])
         if delim is None:
             raise MalformedFile("CSV header row has a single column; expected one column per lead")
         rows = list(csv.reader(io.StringIO("\n".join(lines[start:])), delimiter=delim))
         header = [c.strip() for c in rows[0]]
+        check_leads(len(header), "CSV header")
+        long_cell = next((c for c in header if len(c) > MAX_HEADER_CELL_CHARS), None)
+        if long_cell is not None:
+            raise MalformedFile(
+                f"CSV header cell {long_cell[:40]!r}... has {len(long_cell)} characters; at most "
+                f"{MAX_HEADER_CELL_CHARS} are accepted",
+                details={"limit": "max_header_cell_chars", "max": MAX_HEADER_CELL_CHARS},
+            )
         body = [(start + 1 + k, r) for k, r in enumerate(rows[1:], start=1) if any(c.strip() for c in r)]
         if not body:
             raise MalformedFile("CSV file has a header row but no samples")
@@ -176,14 +194,27 @@ class CsvReader:
                 s = s.replace(",", ".")
             return float(s)
 
+        n_cols = len(col_names)
+        for i, row in enumerate(cells):
+            for j, s in enumerate(row):
+                if len(s) > MAX_CELL_CHARS:
+                    line_no = body[i][0]
+                    raise MalformedFile(
+                        f"CSV line {line_no}, column {col_names[j]!r}: a cell of {len(s)} characters; "
+                        f"numbers take at most {MAX_CELL_CHARS}",
+                        details={"line": line_no, "column": col_names[j],
+                                 "limit": "max_cell_chars", "max": MAX_CELL_CHARS},
+                    )
         try:
-            if not decimal_comma:
-                arr = np.array(cells, dtype=np.str_)
-                arr[np.char.str_len(np.char.strip(arr)) == 0] = "nan"
-                return arr.astype(np.float64)
+            # 8 bytes per value, whatever the cells' widths (a fixed-width string array would
+            # take the widest cell's size for every cell)
+            flat = np.fromiter(
+                (conv(s) for row in cells for s in row), dtype=np.float64, count=len(cells) * n_cols
+            )
+            return flat.reshape(len(cells), n_cols)
         except ValueError:
             pass
-        out = np.empty((len(cells), len(col_names)), dtype=np.float64)
+        out = np.empty((len(cells), n_cols), dtype=np.float64)
         for i, row in enumerate(cells):
             for j, s in enumerate(row):
                 try:
@@ -223,6 +254,16 @@ class CsvReader:
             )
         # a rate derived from printed times: snap to the nearest 1/1000 Hz
         return float(round(fs_time, 3))
+
+
+def _check_line_lengths(lines: list[str]) -> None:
+    longest = max(range(len(lines)), key=lambda i: len(lines[i]))
+    if len(lines[longest]) > MAX_LINE_CHARS:
+        raise MalformedFile(
+            f"CSV line {longest + 1} has {len(lines[longest])} characters; at most "
+            f"{MAX_LINE_CHARS} are accepted",
+            details={"line": longest + 1, "limit": "max_line_chars", "max": MAX_LINE_CHARS},
+        )
 
 
 READER: FormatReader = CsvReader()

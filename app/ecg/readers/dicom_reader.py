@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from app.ecg.readers._limits import check_samples, inflated_size
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
-from app.errors import MalformedFile, UnsupportedSignal
+from app.errors import InvalidInput, MalformedFile, UnsupportedSignal
 
 ECG_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.9.1.1": "12-lead ECG Waveform Storage",
@@ -122,6 +123,30 @@ def _choose_group(seq: Any) -> tuple[int, list[SignalWarning]]:
     ]
 
 
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _check_deflated(path: Path) -> None:
+    """A deflated data set is inflated in chunks and counted before pydicom inflates it whole."""
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(str(path))
+        if str(meta.get("TransferSyntaxUID", "")) != _DEFLATED:
+            return
+        group_length = int(meta.get("FileMetaInformationGroupLength", 0) or 0)
+    except Exception:
+        return  # no readable meta: dcmread reports the problem
+    if group_length <= 0:
+        return
+    try:
+        with path.open("rb") as fh:
+            fh.seek(132 + 12 + group_length)  # preamble + DICM, the group length element, the rest
+            inflated_size(fh.read, "DICOM deflated data set", raw=True)
+    except OSError as exc:
+        raise MalformedFile(f"DICOM file cannot be read: {exc.strerror}") from None
+
+
 class DicomEcgReader:
     name = "dicom"
     title = "DICOM ECG Waveform Storage (12-lead / General ECG)"
@@ -138,6 +163,7 @@ class DicomEcgReader:
         from pydicom.errors import InvalidDicomError
         from pydicom.waveforms.numpy_handler import multiplex_array
 
+        _check_deflated(Path(path))
         try:
             ds = pydicom.dcmread(str(path))
         except InvalidDicomError as exc:
@@ -183,6 +209,9 @@ class DicomEcgReader:
                     f"DICOM ECG group {index}: NumberOfWaveformChannels={n_ch} but "
                     f"{len(channels)} channel definitions"
                 )
+            check_samples(n_ch, n_samp, f"DICOM ECG multiplex group {index}")
+            if bits not in (8, 16, 32):
+                raise MalformedFile(f"DICOM ECG WaveformBitsAllocated {bits} is not 8, 16 or 32")
             expected = n_ch * n_samp * (bits // 8)
             got = len(item.WaveformData)
             if got < expected:
@@ -232,7 +261,7 @@ class DicomEcgReader:
                 if pad_value is not None:
                     val[raw[:n_samp, j] == pad_value] = np.nan
                 signals[j] = val
-        except (MalformedFile, UnsupportedSignal):
+        except InvalidInput:
             raise
         except Exception as exc:  # missing mandatory attribute, bad VR value, ...
             raise MalformedFile(f"DICOM ECG waveform is malformed: {exc}") from None

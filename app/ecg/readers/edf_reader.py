@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from app.ecg.leads import is_lead_name, strip_lead_prefix
+from app.ecg.readers._limits import check_leads, check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.ecg.units import mv_factor
@@ -110,7 +111,9 @@ class EdfReader:
         per_record = [n for n in fields if n is not None and n >= 0]
         if len(per_record) != ns:
             raise MalformedFile("EDF signal header has an invalid number of samples per data record")
+        check_leads(ns, "EDF header")
         if n_records >= 0:
+            check_samples(ns, n_records * max(per_record), "EDF header")
             expected = hdr_bytes + n_records * 2 * sum(per_record)
             if size < expected:
                 raise MalformedFile(

@@ -30,6 +30,7 @@ import numpy as np
 
 from app.ecg.leads import LIMB_LEADS_FROM_I_II
 from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
@@ -37,6 +38,8 @@ from app.ecg.units import mv_factor
 from app.errors import MalformedFile, UnsupportedSignal
 
 FORMAT_LABEL = "GE MUSE XML"
+# SampleBase is given in Hz with exponent 0 in every MUSE export seen; 10^6 is plenty of room.
+_MAX_EXPONENT = 6
 
 
 def _optional_number(el: Element, name: str, what: str) -> float | None:
@@ -77,7 +80,15 @@ class GeMuseReader(XmlRootReader):
 
         base = _optional_number(wf, "SampleBase", what)
         if base is not None:
-            base *= 10.0 ** (_optional_number(wf, "SampleExponent", what) or 0.0)
+            exponent = _optional_number(wf, "SampleExponent", what) or 0.0
+            if not -_MAX_EXPONENT <= exponent <= _MAX_EXPONENT:
+                raise UnsupportedSignal(
+                    f"{FORMAT_LABEL}: {what} SampleExponent {exponent:g} is outside "
+                    f"-{_MAX_EXPONENT}..{_MAX_EXPONENT}; the sampling rate would be "
+                    f"SampleBase x 10^{exponent:g}",
+                    details={"limit": "sample_exponent", "max": _MAX_EXPONENT},
+                )
+            base *= 10.0**exponent
         fs = file_or_hinted_rate(
             base, hints, f"{FORMAT_LABEL}: {what} has no SampleBase (sampling rate)"
         )
@@ -87,9 +98,11 @@ class GeMuseReader(XmlRootReader):
         leads = children(wf, "LeadData")
         if not leads:
             raise MalformedFile(f"{FORMAT_LABEL}: {what} has no LeadData elements (no leads)")
+        check_leads(len(leads), f"{FORMAT_LABEL}: {what}")
         names: list[str] = []
         rows: list[np.ndarray] = []
         lsb: list[float] = []
+        total = 0
         for i, ld in enumerate(leads):
             lead = text_of(child(ld, "LeadID")) or f"Lead {i + 1}"
             lwhat = f"lead {lead}"
@@ -115,8 +128,14 @@ class GeMuseReader(XmlRootReader):
                     "(expected int16 samples)"
                 )
             samples = np.frombuffer(raw, dtype="<i2")
+            check_samples(1, samples.size, f"{FORMAT_LABEL}: {lwhat} WaveFormData")
+            total += samples.size
+            check_samples(1, total // STANDARD_LEAD_COUNT, f"{FORMAT_LABEL}: {what} (all leads)")
             count = _optional_number(ld, "LeadSampleCountTotal", lwhat)
             if count is not None:
+                if count < 0:
+                    raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} LeadSampleCountTotal is negative")
+                check_samples(1, int(count), f"{FORMAT_LABEL}: {lwhat} LeadSampleCountTotal")
                 count = int(count)
                 if samples.size < count:
                     raise MalformedFile(

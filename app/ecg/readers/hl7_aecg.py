@@ -26,6 +26,7 @@ import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
@@ -108,7 +109,10 @@ class HL7AecgReader(XmlRootReader):
         names: list[str] = []
         rows: list[np.ndarray] = []
         lsb: list[float] = []
-        for seq in _sequences(seqset):
+        sequences = _sequences(seqset)
+        check_leads(len(sequences) - 1, f"{FORMAT_LABEL} sequenceSet")
+        total = 0
+        for seq in sequences:
             code = _code(seq)
             value = child(seq, "value")
             if code.startswith("TIME_"):
@@ -144,6 +148,10 @@ class HL7AecgReader(XmlRootReader):
                 digits_text = text_of(child(value, "digits"))
                 if not digits_text:
                     raise MalformedFile(f"{FORMAT_LABEL}: lead {lead} has no digits")
+                n_digits = count_tokens(digits_text)
+                check_samples(1, n_digits, f"{FORMAT_LABEL}: lead {lead} digits")
+                total += n_digits
+                check_samples(1, total // STANDARD_LEAD_COUNT, f"{FORMAT_LABEL}: all leads' digits")
                 try:
                     digits = np.array(digits_text.split(), dtype=np.float64)
                     if not np.isfinite(digits).all():

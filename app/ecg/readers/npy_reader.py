@@ -14,6 +14,7 @@ import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import hinted_mv_factor, hinted_rate, nonfinite_warning
+from app.ecg.readers._limits import MAX_VALUES, check_leads, check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
 from app.errors import InvalidInput, MalformedFile
@@ -33,6 +34,7 @@ class NpyReader:
         return []
 
     def read(self, path: Path, hints: ReadHints) -> Recording:
+        _check_declared(path)
         try:
             arr = np.load(path, allow_pickle=False, mmap_mode=None)
         except ValueError as e:
@@ -98,6 +100,46 @@ class NpyReader:
                 "units": unit,
                 "lead_names_source": "hint" if hints.lead_names else "standard order",
             },
+        )
+
+
+def _check_declared(path: Path) -> None:
+    """Refuse, from the header alone, an array beyond the limits or longer than the file."""
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as fh:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _fortran, dtype = fmt.read_array_header_1_0(fh)
+            elif version in ((2, 0), (3, 0)):
+                shape, _fortran, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise MalformedFile(f"NPY format version {version} is not supported")
+            data_start = fh.tell()
+        size = path.stat().st_size
+    except MalformedFile:
+        raise
+    except (OSError, ValueError, EOFError, SyntaxError) as e:
+        raise MalformedFile(f"cannot read NPY file: its header is invalid ({e})") from None
+    if dtype.hasobject:
+        raise MalformedFile("NPY file holds an object (pickled) array; save a numeric array instead")
+    if any(int(n) < 0 for n in shape):
+        raise MalformedFile(f"NPY header declares a negative dimension {shape}")
+    values = 1
+    for n in shape:
+        values *= int(n)
+    dims = [int(n) for n in shape if int(n) != 1]
+    if len(dims) == 2:
+        check_leads(min(dims), "NPY header")
+        check_samples(min(dims), max(dims), "NPY header")
+    elif values > MAX_VALUES:
+        check_samples(1, values, "NPY header")
+    expected = values * dtype.itemsize
+    if size - data_start < expected:
+        raise MalformedFile(
+            f"cannot read NPY file: it is truncated; its header declares shape {tuple(shape)} {dtype} "
+            f"({expected} bytes), the file holds {max(size - data_start, 0)}",
+            details={"declared_bytes": expected},
         )
 
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
 from app.ecg.readers._common import file_or_hinted_rate, parse_number
+from app.ecg.readers._limits import check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, local, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
@@ -72,6 +73,7 @@ def _xli_decode(data: bytes, n_leads: int) -> list[np.ndarray]:
             )
         offset += 8 + size
         chunk += 1
+        check_leads(chunk, f"{FORMAT_LABEL} XLI data")
     try:
         leads = xli_decode(data, [""] * n_leads)
     except Exception as exc:  # corrupt chunk header, overflow in delta decoding, ...
@@ -127,6 +129,7 @@ class PhilipsSierraReader(XmlRootReader):
             n_leads = int(allocated or valid or len(labels_attr) or 0)
         if n_leads <= 0:
             raise MalformedFile(f"{FORMAT_LABEL}: number of leads unknown or zero")
+        check_leads(n_leads, FORMAT_LABEL)
         if labels_attr:
             labels = labels_attr[:n_leads]
         elif acq_type in ("STD-12", "10-WIRE") and n_leads <= 12:
@@ -140,6 +143,10 @@ class PhilipsSierraReader(XmlRootReader):
         duration_ms = parse_number(
             (pw.get("durationperchannel") or "").strip(), FORMAT_LABEL, "durationperchannel"
         )
+        if duration_ms is not None:
+            if duration_ms < 0:
+                raise MalformedFile(f"{FORMAT_LABEL}: durationperchannel {duration_ms:g} is negative")
+            check_samples(n_leads, round(duration_ms * fs / 1000.0), f"{FORMAT_LABEL} durationperchannel")
 
         encoding = (pw.get("dataencoding") or "").strip()
         compress_method = (pw.get("compressmethod") or pw.get("compression") or "").strip()
@@ -154,6 +161,7 @@ class PhilipsSierraReader(XmlRootReader):
         if encoding.lower() == "plain":
             if compressed:
                 raise UnsupportedSignal(f"{FORMAT_LABEL}: compressed Plain-encoded data is not supported")
+            check_samples(n_leads, count_tokens(text) // n_leads, f"{FORMAT_LABEL}: Plain waveform data")
             try:
                 flat = np.array(text.split(), dtype=np.int64)
             except ValueError:
@@ -170,6 +178,7 @@ class PhilipsSierraReader(XmlRootReader):
                         f"{FORMAT_LABEL}: compression {compress_method!r} is not supported (only XLI)"
                     )
                 leads = _xli_decode(data, n_leads)
+                check_samples(len(leads), max((x.size for x in leads), default=0), f"{FORMAT_LABEL} XLI data")
                 if len(leads) < n_leads:
                     raise MalformedFile(
                         f"{FORMAT_LABEL}: XLI data holds {len(leads)} leads, expected {n_leads}"

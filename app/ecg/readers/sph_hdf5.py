@@ -25,6 +25,7 @@ from app.ecg.readers._common import (
     hinted_rate,
     nonfinite_warning,
 )
+from app.ecg.readers._limits import check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.errors import InvalidInput, MalformedFile
@@ -101,12 +102,17 @@ class SphHdf5Reader:
                 raise MalformedFile(f"HDF5 dataset 'ecg' has shape {ds.shape}; expected (12, N)")
             if ds.shape[1] == 0:
                 raise MalformedFile("HDF5 dataset 'ecg' holds no samples")
+            if ds.dtype.itemsize > 8:
+                raise MalformedFile(f"HDF5 dataset 'ecg' has dtype {ds.dtype}; expected at most 64-bit numbers")
+            # declared sizes first: a sparse or compressed dataset may declare far more than
+            # the file holds, and h5py would allocate it all on read
+            check_samples(int(ds.shape[0]), int(ds.shape[1]), "HDF5 dataset 'ecg'")
             try:
                 data = ds[()]
             except Exception as e:
                 raise MalformedFile(f"cannot read HDF5 dataset 'ecg': {e}") from None
             fs_attr = _rate_attr(ds, f)
-        except MalformedFile:
+        except InvalidInput:
             raise
         except Exception as e:
             raise MalformedFile(f"cannot read HDF5 file: {e}") from None
@@ -124,12 +130,15 @@ class SphHdf5Reader:
             fs, fs_source = SPH_FS, "SPH layout (500 Hz)"
         factor, unit = hinted_mv_factor(hints)
         names = hinted_lead_names(hints, "dataset 'ecg'")
-        signals = data.astype(np.float64) * factor
+        stored_dtype = str(data.dtype)
+        signals = data.astype(np.float64)
+        del data
+        signals *= factor
         warnings = nonfinite_warning(signals, names)
         return Recording(
             signals=signals, fs=fs, lead_names=names,
             source_format=self.name, warnings=warnings,
-            metadata={"layout": "SPH", "dtype": str(data.dtype), "fs_source": fs_source, "units": unit},
+            metadata={"layout": "SPH", "dtype": stored_dtype, "fs_source": fs_source, "units": unit},
         )
 
 

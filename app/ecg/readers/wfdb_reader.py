@@ -44,6 +44,7 @@ except ImportError:  # pragma: no cover - depends on the installed wfdb
     wfdb_header = None
     _WFDB_PATTERNS = False
 
+from app.ecg.readers._limits import check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
 from app.ecg.units import check_sampling_rate, to_millivolts_factor
@@ -146,6 +147,55 @@ def _parse_header(text: str, source: str) -> _Header:
         n_samples=int(record["nsamp"]) if record["nsamp"] else None,
         signals=tuple(_parse_signal_line(line, source) for line in signal_lines),
     )
+
+
+_PLAIN_RECORD_NAME = re.compile(r"^[-\w]+$")
+_WFDB_DATE = re.compile(r"^\d{1,2}/\d{1,2}/\d{4}$")
+_WFDB_TIME = re.compile(r"^\d{1,2}:\d{1,2}(?::\d{1,2}(?:\.\d{1,6})?)?$")
+
+
+def _normalise_header(text: str, path: Path) -> tuple[str, list[str]]:
+    """The header with the quirks of real archives undone, and what was undone.
+
+    * a byte-order mark before the record line;
+    * the record line naming the record with a file extension (``JS00001.mat 12 500 5000``,
+      as in a public 2020 challenge set) or other characters wfdb's record-name pattern
+      refuses: the name becomes the header's own stem (which is what wfdb reads by);
+    * a base date or time not in WFDB's ``dd/mm/yyyy`` / ``HH:MM:SS`` form (``2020-01-02``,
+      a two-digit year): dropped, the service never uses them.
+
+    Only the record line changes; CRLF line ends, tabs, trailing blanks, blank lines and
+    missing optional fields already read as wfdb reads them.
+    """
+    fixes: list[str] = []
+    if text.startswith("\xef\xbb\xbf"):  # a UTF-8 BOM read as latin-1
+        text = text[3:]
+        fixes.append("byte-order mark before the record line removed")
+    lines = text.splitlines()
+    index = next(
+        (i for i, ln in enumerate(lines) if ln.strip() and not ln.strip().startswith("#")), None
+    )
+    if index is None:
+        return text, fixes
+    tokens = lines[index].split()
+    name, _, segments = tokens[0].partition("/")
+    if not _PLAIN_RECORD_NAME.match(name) and _PLAIN_RECORD_NAME.match(path.stem):
+        fixes.append(f"record name {name[:40]!r} read as {path.stem!r} (the header's file name)")
+        tokens[0] = path.stem + (f"/{segments}" if segments else "")
+    if len(tokens) > 4:
+        when = tokens[4:]
+        valid = (
+            len(when) <= 2
+            and _WFDB_TIME.match(when[0]) is not None
+            and (len(when) == 1 or _WFDB_DATE.match(when[1]) is not None)
+        )
+        if not valid:
+            fixes.append(f"base time/date {' '.join(when)[:40]!r} not in WFDB form; ignored")
+            tokens = tokens[:4]
+    if not fixes:
+        return text, fixes
+    lines[index] = " ".join(tokens)
+    return "\n".join(lines) + "\n", fixes
 
 
 def _read_header_text(path: Path) -> str:
@@ -458,7 +508,17 @@ def _decode_simple(
 # --- The wfdb path ---------------------------------------------------------------------------
 
 
-def _rdrecord(path: Path) -> wfdb.Record:
+def _rdrecord(path: Path, fixed_text: str | None = None, files: dict[str, Path] | None = None) -> wfdb.Record:
+    """``wfdb.rdrecord``; with ``fixed_text``, of that header next to links to the signal files."""
+    if fixed_text is not None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="ecgfm-wfdb-") as tmp:
+            folder = Path(tmp)
+            (folder / path.name).write_text(fixed_text, encoding="latin-1")
+            for name, file in (files or {}).items():
+                (folder / name).symlink_to(file.resolve())
+            return _rdrecord(folder / path.name)
     try:
         return wfdb.rdrecord(str(path.with_suffix("")))
     except ServiceError:
@@ -469,10 +529,10 @@ def _rdrecord(path: Path) -> wfdb.Record:
 
 
 def _decode_wfdb(
-    path: Path,
+    path: Path, fixed_text: str | None = None, files: dict[str, Path] | None = None
 ) -> tuple[np.ndarray, tuple[str | None, ...], tuple[str, ...]]:
     """Physical signals (n_signals, n_samples), names and units, read by wfdb.rdrecord."""
-    record = _rdrecord(path)
+    record = _rdrecord(path, fixed_text, files)
     signal = record.p_signal
     if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
         raise MalformedFile(f"{path.name}: the record has no samples")
@@ -505,6 +565,24 @@ def _millivolts(physical: np.ndarray, units: tuple[str, ...], path: Path) -> np.
     if (factors == 1.0).all() and physical.dtype == np.float64 and physical.flags.c_contiguous:
         return physical  # already millivolts: x * 1.0 == x, so skip the copy
     return np.ascontiguousarray(physical * factors[:, None], dtype=np.float64)
+
+
+def _check_declared_size(path: Path, header: _Header, files: dict[str, Path]) -> None:
+    """UploadTooLarge for more signals or samples than a recording may have; without a
+    declared length, the length the signal files' sizes imply is checked."""
+    what = f"{path.name}"
+    n_samples = header.n_samples
+    if n_samples is None:
+        implied = []
+        for name, file in files.items():
+            specs = [spec for spec in header.signals if spec.file_name == name]
+            if any(spec.fmt not in _BITS_PER_SAMPLE for spec in specs):
+                continue
+            bits = sum(_BITS_PER_SAMPLE[spec.fmt] * spec.samples_per_frame for spec in specs)
+            implied.append(int(file.stat().st_size * 8 / bits))
+        n_samples = max(implied, default=0)
+        what = f"{path.name} (its signal files' sizes)"
+    check_samples(len(header.signals), n_samples, what)
 
 
 def _signal_files(path: Path, header: _Header) -> dict[str, Path]:
@@ -541,19 +619,20 @@ class WfdbReader:
     def read(self, path: Path, hints: ReadHints) -> Recording:
         if path.suffix != ".hea":
             raise MalformedFile(f"{path.name}: a WFDB header must be named <record>.hea")
-        text = _read_header_text(path)
+        text, fixes = _normalise_header(_read_header_text(path), path)
         header = _parse_header(text, path.name)
         if header.n_segments is not None:
             raise UnsupportedFormat(f"{path.name}: multi-segment WFDB records are not supported")
         files = _signal_files(path, header)
         _check_signal_files(path, header, list(files.values()))
+        _check_declared_size(path, header, files)
         fs = _sampling_rate(header, path, hints)
         plan = _simple_plan(text, header, files)
         if plan is not None:
             physical, sig_names, units = _decode_simple(plan, path.name)
             decoder = "numpy"
         else:
-            physical, sig_names, units = _decode_wfdb(path)
+            physical, sig_names, units = _decode_wfdb(path, text if fixes else None, files)
             decoder = "wfdb"
         signals = _millivolts(physical, units, path)
         names = tuple(name or f"signal{i + 1}" for i, name in enumerate(sig_names))
@@ -571,6 +650,7 @@ class WfdbReader:
                 "storage_formats": sorted({spec.fmt for spec in header.signals}),
                 "units_in": sorted(set(units)),
                 "decoder": decoder,
+                **({"header_quirks": fixes} if fixes else {}),
             },
         )
 
