@@ -20,6 +20,23 @@ Quality warnings are computed on the 12 leads at the input rate, after NaN filli
   one or two samples per beat, far below 1 %. Runs touching the record's ends are left out
   because some recorders hold the last value (seen in PTB-XL records); that is not
   saturation. Flat leads are not checked.
+* ``implausible_amplitude``: the lead stays beyond +/-20 mV (``IMPLAUSIBLE_MV``) for at least
+  0.2 s in a row (``IMPLAUSIBLE_SPAN_S``). A diagnostic ECG's largest deflections (QRS in LVH) are
+  a few mV and last under 0.12 s; IEC 60601-2-25 asks electrocardiographs for +/-5 mV of input
+  range, and front ends rarely pass more than +/-10 mV after their high-pass. So a lead that
+  holds 20 mV for 0.2 s is not an ECG in millivolts (most often the wrong units, e.g.
+  microvolts or ADC counts read as mV, or an uncorrected DC offset); the model, which does no
+  normalisation, then scores nonsense. It is a warning, not a refusal: the answer names the
+  leads and the likely cause, and a clinician looking at the trace can judge it, whereas one
+  artefact-laden lead should not make a whole record unscorable. Brief spikes (electrode pops)
+  are not counted.
+* ``negative_gain``: the file declares a negative gain for these leads (``Recording.gains``):
+  their polarity is as the file says, which is rarely what the recorder meant.
+
+Refused instead of scored (422): a record in which no lead carries signal (every lead read is
+entirely missing, NaN, ``MissingLeads``; or flat, peak-to-peak under 0.02 mV over its finite
+samples, ``UnsupportedSignal``), naming the leads: the model would score zeros as a diagnosis.
+Amplitudes too large for the model's float32 input are refused too (``UnsupportedSignal``).
 """
 
 from __future__ import annotations
@@ -39,6 +56,8 @@ MIN_PAD_S = 2.0
 FLAT_PTP_MV = 0.02
 CLIP_FRACTION = 0.01
 CLIP_MIN_RUN = 3
+IMPLAUSIBLE_MV = 20.0
+IMPLAUSIBLE_SPAN_S = 0.2
 RESAMPLE_ALL_LEADS_MAX_SAMPLES = 120_000  # 2 min at 1 kHz: resampled in one call below this
 
 
@@ -73,6 +92,29 @@ def _select_leads(rec: Recording) -> tuple[dict[str, np.ndarray], list[str]]:
             picked[lead] = np.array(row, dtype=np.float64)
             source_of[lead] = name
     return picked, ignored
+
+
+def _refuse_no_signal(picked: dict[str, np.ndarray]) -> None:
+    """MissingLeads / UnsupportedSignal when no lead read carries any usable signal."""
+    if not picked:
+        return
+    missing: list[str] = []
+    flat: list[str] = []
+    for lead in (lead for lead in STANDARD_LEADS if lead in picked):
+        finite = picked[lead][np.isfinite(picked[lead])]
+        if finite.size == 0:
+            missing.append(lead)
+        elif float(np.ptp(finite)) >= FLAT_PTP_MV:
+            return  # one lead with signal: scored (with nan_samples / flat_lead warnings)
+        else:
+            flat.append(lead)
+    details: dict[str, object] = {"leads": missing + flat, "missing_samples": missing, "flat": flat}
+    if not flat:
+        raise MissingLeads(f"no usable signal: every sample is missing (NaN) in leads {', '.join(missing)}",
+                           details=details)
+    parts = ([f"missing (NaN) in leads {', '.join(missing)}"] if missing else []) + [
+        f"flat (peak-to-peak under {FLAT_PTP_MV} mV) in leads {', '.join(flat)}"]
+    raise UnsupportedSignal(f"no usable signal: the recording is {' and '.join(parts)}", details=details)
 
 
 def _fill_nan(picked: dict[str, np.ndarray]) -> SignalWarning | None:
@@ -210,13 +252,47 @@ def _twelve_leads(
     leads_read = [lead for lead in STANDARD_LEADS if lead in picked]
     if ignored:
         warnings.append(_listed("ignored_leads", "non-standard leads ignored", tuple(ignored)))
+    _refuse_no_signal(picked)
     nan_warning = _fill_nan(picked)
     warnings += [nan_warning] if nan_warning else []
     derived = _complete_leads(picked)
     if derived:
         warnings.append(_listed("derived_leads", "derived from I and II", tuple(derived)))
     signals = np.stack([picked[lead] for lead in order])
-    return signals, leads_read, derived, warnings + _quality_warnings(signals, order)
+    warnings += _quality_warnings(signals, order)
+    warnings += _amplitude_warnings(signals, order, rec.fs)
+    warnings += _gain_warnings(rec)
+    return signals, leads_read, derived, warnings
+
+
+def _longest_run(mask: np.ndarray) -> int:
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    return int((ends - starts).max()) if starts.size else 0
+
+
+def _amplitude_warnings(signals: np.ndarray, leads: tuple[str, ...], fs: float) -> list[SignalWarning]:
+    span = max(1, round(IMPLAUSIBLE_SPAN_S * fs))
+    beyond = np.abs(signals) > IMPLAUSIBLE_MV
+    candidates = np.flatnonzero(beyond.sum(axis=1) >= span)
+    implausible = tuple(leads[i] for i in candidates if _longest_run(beyond[i]) >= span)
+    if not implausible:
+        return []
+    peak = float(np.abs(signals[[leads.index(lead) for lead in implausible]]).max())
+    text = (f"amplitude beyond {IMPLAUSIBLE_MV:g} mV for at least {IMPLAUSIBLE_SPAN_S:g} s (peak {peak:.3g} mV), "
+            "not an ECG in millivolts: check the units (microvolts or ADC counts read as mV?) or a DC offset; "
+            "the model's answer for this record is not meaningful")
+    return [_listed("implausible_amplitude", text, implausible)]
+
+
+def _gain_warnings(rec: Recording) -> list[SignalWarning]:
+    if rec.gains is None:
+        return []
+    negative = tuple(name for name, gain in zip(rec.lead_names, rec.gains, strict=True) if gain < 0)
+    if not negative:
+        return []
+    text = "the file declares a negative gain, so these leads are inverted as the file says; check the recorder"
+    return [_listed("negative_gain", text, negative)]
 
 
 def _tail_warning(starts: list[int], contract: ModelContract) -> list[SignalWarning]:
@@ -251,9 +327,14 @@ def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600
         warnings.append(SignalWarning("padded", text))
     starts = _window_starts(resampled.shape[1], window)
     warnings += _tail_warning(starts, contract)
-    windows = np.stack([resampled[:, s : s + window] for s in starts])
+    cut = np.stack([resampled[:, s : s + window] for s in starts])
+    largest = float(np.finfo(np.float32).max)
+    if not np.isfinite(cut).all() or float(np.abs(cut).max()) > largest:
+        raise UnsupportedSignal(f"amplitudes too large for the model's input (beyond {largest:.3g} mV after "
+                                "resampling)")
+    windows = cut.astype(np.float32)
     return ModelInput(
-        windows=windows.astype(np.float32),
+        windows=windows,
         window_starts_s=[s / contract.sampling_rate_hz for s in starts],
         derived_leads=derived,
         warnings=warnings,

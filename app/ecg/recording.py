@@ -33,12 +33,19 @@ class Recording:
     source_format: str
     warnings: list[SignalWarning] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    # per lead, the gain the file declares (digital units per physical unit: WFDB's ADC gain,
+    # EDF's digital/physical range ratio), where the format has one; None where it has none.
+    # Preprocessing warns about a negative one (``negative_gain``): the reader applied it as
+    # declared, so that lead's polarity is the file's word, and it is rarely meant.
+    gains: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.signals.ndim != 2:
             raise ValueError("signals must be (n_leads, n_samples)")
         if self.signals.shape[0] != len(self.lead_names):
             raise ValueError("one lead name per signal row")
+        if self.gains is not None and len(self.gains) != len(self.lead_names):
+            raise ValueError("one gain per lead (or none)")
 
     @property
     def n_samples(self) -> int:

@@ -14,6 +14,7 @@ graphs' input and output shapes here and exposed as :attr:`ModelRuntime.contract
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -255,33 +256,75 @@ class ModelRuntime:
         # ~1.8x slower at batch 1 on the 2-core reference machine (benchmarks/results)
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = self.options.inter_op_threads
-        # keyed by the provider that really runs and the ONNX Runtime version: optimised graphs
+        # keyed by the sha256 of the source graph (checked against the manifest when the bundle
+        # opened), the provider that really runs and the ONNX Runtime version: optimised graphs
         # may hold provider- and version-specific fused operators
-        optimized = cache_dir / f"{path.stem}.{providers[0]}.ort{ort.__version__}.onnx"
-        source, pending = path, None
-        if optimized.is_file() and optimized.stat().st_mtime >= path.stat().st_mtime:
-            # already optimised: skip the optimisation pass at start-up
-            source = optimized
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        elif os.access(cache_dir.parent, os.W_OK):
+        digest = self.bundle.verified_digest(path.name)
+        optimized = cache_dir / f"{path.stem}.{digest[:16]}.{providers[0]}.ort{ort.__version__}.onnx"
+        if self._cached_graph_intact(optimized):
+            fast = ort.SessionOptions()
+            fast.log_severity_level = ORT_LOG_SEVERITY_ERROR
+            fast.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # already optimised
+            fast.intra_op_num_threads = so.intra_op_num_threads
+            fast.inter_op_num_threads = so.inter_op_num_threads
+            try:
+                return ort.InferenceSession(str(optimized), fast, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                log.warning("cached optimised graph %s could not be loaded (%s); rebuilding it from %s",
+                            optimized.name, exc, path.name)
+        pending = None
+        if os.access(cache_dir.parent, os.W_OK) or os.access(cache_dir, os.W_OK):
             try:
                 cache_dir.mkdir(exist_ok=True)
                 # written under a private name, then renamed: another process starting at the
                 # same moment never reads a half-written graph
-                pending = cache_dir / f"{optimized.name}.{os.getpid()}.tmp"
+                pending = cache_dir / f"{optimized.name}.{os.getpid()}.{threading.get_ident()}.tmp"
                 so.optimized_model_filepath = str(pending)
             except OSError:
                 pending = None
         try:
-            session = ort.InferenceSession(str(source), so, providers=providers)
+            session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
+            if pending is not None:
+                pending.unlink(missing_ok=True)
             raise BundleError(f"cannot load {path.name} from {path.parent}: {exc}") from exc
         if pending is not None and pending.is_file():
-            try:
-                os.replace(pending, optimized)
-            except OSError:
-                pending.unlink(missing_ok=True)
+            self._store_cached_graph(pending, optimized)
         return session
+
+    @staticmethod
+    def _cached_graph_intact(optimized: Path) -> bool:
+        """The cached graph exists and has the sha256 recorded beside it when it was written; a
+        damaged, truncated or unrecorded one is removed (and rebuilt from the source graph)."""
+        record = optimized.with_name(optimized.name + ".sha256")
+        if not optimized.is_file():
+            return False
+        try:
+            intact = record.read_text().strip() == B.verified_sha256(optimized)
+        except OSError:
+            intact = False
+        if not intact:
+            log.warning("cached optimised graph %s does not match the sha256 recorded when it was written "
+                        "(damaged, truncated or unrecorded); rebuilding it from the bundle's verified graph",
+                        optimized.name)
+            for stale in (optimized, record):
+                with contextlib.suppress(OSError):
+                    stale.unlink(missing_ok=True)
+        return intact
+
+    @staticmethod
+    def _store_cached_graph(pending: Path, optimized: Path) -> None:
+        """Record the sha256 of a freshly written optimised graph, then move both into place (the
+        graph first: a reader that finds it without its record rebuilds it)."""
+        record = optimized.with_name(optimized.name + ".sha256")
+        record_tmp = pending.with_name(pending.name + ".sha256")
+        try:
+            record_tmp.write_text(B.sha256_file(pending) + "\n")
+            os.replace(pending, optimized)
+            os.replace(record_tmp, record)
+        except OSError:
+            pending.unlink(missing_ok=True)
+            record_tmp.unlink(missing_ok=True)
 
     # --- the three calls -------------------------------------------------------------------
 

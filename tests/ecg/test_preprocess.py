@@ -245,3 +245,107 @@ def test_a_contract_with_other_leads_is_a_programming_error() -> None:
     contract = ModelContract(lead_order=(*STANDARD_LEADS[:-1], "V7"))
     with pytest.raises(ValueError, match="12 standard leads"):
         preprocess(Recording(signals, 100.0, STANDARD_LEADS, "json"), contract=contract)
+
+
+# --- signals that cannot be read honestly -------------------------------------------------
+
+
+def test_an_all_nan_record_is_refused_naming_the_leads(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    rec.signals[:] = np.nan
+    with pytest.raises(MissingLeads, match="no usable signal: every sample is missing") as err:
+        preprocess(rec)
+    assert err.value.details["leads"] == list(STANDARD_LEADS) and err.value.code == "missing_leads"
+    assert ", ".join(STANDARD_LEADS) in err.value.message
+    rec.signals[:] = np.inf  # infinite samples are missing samples too
+    with pytest.raises(MissingLeads):
+        preprocess(rec)
+
+
+@pytest.mark.parametrize("value", [0.0, 0.3, -1.5])
+def test_a_record_of_constant_leads_is_refused(value: float) -> None:
+    rec = Recording(np.full((12, 5000), value), 500.0, STANDARD_LEADS, "json")
+    with pytest.raises(UnsupportedSignal, match=r"no usable signal: the recording is flat \(peak-to-peak under "
+                                                 r"0.02 mV\) in leads I, II") as err:
+        preprocess(rec)
+    assert err.value.details["flat"] == list(STANDARD_LEADS) and err.value.code == "unsupported_signal"
+
+
+def test_missing_and_flat_leads_together_are_refused_naming_each(ecg_data_dir: Path) -> None:
+    rec = _subset(_read(ecg_data_dir, "E07500"), ["I", "II", "V1", "V2", "V3", "V4", "V5", "V6"])
+    rec.signals[:4] = np.nan
+    rec.signals[4:] = 0.001 * np.sin(np.arange(rec.n_samples))  # ptp 0.002 mV
+    rec.signals[4, :10] = np.nan  # NaN samples do not count towards a flat lead's peak-to-peak
+    with pytest.raises(UnsupportedSignal) as err:
+        preprocess(rec)
+    assert err.value.details["missing_samples"] == ["I", "II", "V1", "V2"]
+    assert err.value.details["flat"] == ["V3", "V4", "V5", "V6"]
+    assert "missing (NaN) in leads I, II, V1, V2 and flat" in err.value.message
+
+
+def test_one_lead_with_signal_is_still_scored_with_warnings(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    rec.signals[1:] = np.nan  # only lead I is left
+    model_input = preprocess(rec)
+    assert model_input.windows.shape == (1, 12, 1000)
+    nan = next(w for w in model_input.warnings if w.code == "nan_samples")
+    assert nan.leads == STANDARD_LEADS[1:]
+
+
+def test_implausible_amplitudes_are_warned_about(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    rec.signals[6] *= 1000.0  # V1 in microvolts read as millivolts
+    rec.signals[9] += 50.0  # V4 with a 50 mV DC offset
+    warning = next(w for w in preprocess(rec).warnings if w.code == "implausible_amplitude")
+    assert warning.leads == ("V1", "V4") and "beyond 20 mV for at least 0.2 s" in warning.message
+    huge = Recording(np.random.default_rng(0).normal(size=(12, 5000)) * 1e6, 500.0, STANDARD_LEADS, "json")
+    assert next(w for w in preprocess(huge).warnings if w.code == "implausible_amplitude").leads == STANDARD_LEADS
+
+
+def test_a_brief_spike_is_not_an_implausible_amplitude(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")  # 500 Hz: 0.2 s is 100 samples
+    rec.signals[2, 1000:1099] = 80.0  # 0.198 s over 20 mV: an electrode pop, not a units error
+    rec.signals[3, 2000:2060] = -30.0
+    rec.signals[3, 2061:2120] = -30.0  # two short runs, not one sustained one
+    assert "implausible_amplitude" not in _codes(preprocess(rec))
+    rec.signals[2, 1099] = 80.0  # now 0.2 s in a row
+    assert next(w for w in preprocess(rec).warnings if w.code == "implausible_amplitude").leads == ("III",)
+
+
+def test_amplitudes_beyond_float32_are_refused() -> None:
+    signals = np.random.default_rng(1).normal(size=(12, 1000)) * 1e39
+    with pytest.raises(UnsupportedSignal, match="amplitudes too large for the model's input"):
+        preprocess(Recording(signals, 100.0, STANDARD_LEADS, "json"))
+
+
+def test_a_negative_gain_is_warned_about(ecg_data_dir: Path) -> None:
+    rec = _read(ecg_data_dir, "E07500")
+    gains = [200.0] * 12
+    assert "negative_gain" not in _codes(preprocess(Recording(rec.signals, rec.fs, rec.lead_names, "wfdb",
+                                                              gains=tuple(gains))))
+    gains[0] = gains[7] = -200.0
+    warned = preprocess(Recording(rec.signals, rec.fs, rec.lead_names, "wfdb", gains=tuple(gains)))
+    assert next(w for w in warned.warnings if w.code == "negative_gain").leads == ("I", "V2")
+    with pytest.raises(ValueError, match="one gain per lead"):
+        Recording(rec.signals, rec.fs, rec.lead_names, "wfdb", gains=(200.0,))
+
+
+NEW_CODES = {"implausible_amplitude", "negative_gain"}
+
+
+def test_the_shared_sample_records_raise_none_of_the_new_warnings(shared_samples_dir: Path) -> None:
+    """Every record of ../shared/ecg-samples (WFDB, SPH HDF5, raw CPSC 2018 MATLAB) still
+    preprocesses, without the amplitude or gain warnings and without being refused."""
+    from app.ecg.readers import READERS
+    from app.ecg.readers.base import HEAD_BYTES
+
+    formats: dict[str, int] = {}
+    for path in sorted(shared_samples_dir.rglob("*")):
+        if path.suffix not in (".hea", ".h5", ".mat") or (path.suffix == ".mat" and path.with_suffix(".hea").exists()):
+            continue
+        head = path.read_bytes()[:HEAD_BYTES]
+        reader = next(r for r in READERS if r.claims(path, head))
+        model_input = preprocess(reader.read(path, ReadHints()))
+        assert not NEW_CODES & set(_codes(model_input)), path.name
+        formats[reader.name] = formats.get(reader.name, 0) + 1
+    assert formats.keys() == {"wfdb", "sph_hdf5", "cpsc2018_mat"} and sum(formats.values()) >= 140, formats

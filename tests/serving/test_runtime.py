@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes.util
+import json
 import logging
 import shutil
 import subprocess
@@ -99,7 +100,11 @@ def test_optimised_graphs_are_cached_and_reused(small_bundle, tmp_path, real_win
     first = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
     files = sorted(cache.glob("*.onnx"))
     loaded = (B.ECG_TQN_PREPARED, B.LABEL_STATE, B.ECG_ENCODER, B.TEXT_ENCODER)  # ecg_tqn itself is not needed
-    assert [f.name for f in files] == sorted(f"{Path(n).stem}.{CPU}.ort{ort.__version__}.onnx" for n in loaded)
+    digests = B.open_bundle(small_bundle).digests
+    assert [f.name for f in files] == sorted(f"{Path(n).stem}.{digests[n][:16]}.{CPU}.ort{ort.__version__}.onnx"
+                                             for n in loaded)
+    for f in files:  # each with the sha256 it had when written
+        assert (cache / (f.name + ".sha256")).read_text().strip() == B.sha256_file(f)
     stamps = {f.name: f.stat().st_mtime_ns for f in files}
     second = load_runtime(small_bundle, RuntimeOptions(provider="cpu", optimized_model_dir=cache))
     assert {f.name: f.stat().st_mtime_ns for f in cache.glob("*.onnx")} == stamps  # not rewritten
@@ -168,12 +173,17 @@ def test_missing_or_incomplete_bundle_says_how_to_get_one(small_bundle, tmp_path
     (partial / B.MANIFEST).write_text("{broken")
     with pytest.raises(BundleError, match="cannot read"):
         B.open_bundle(partial)
+    # a graph that is not ONNX, with a manifest that records its hash (so it passes the check)
     (partial / B.ECG_TQN_PREPARED).write_bytes(b"not an onnx graph")
-    (partial / B.MANIFEST).write_text((small_bundle / B.MANIFEST).read_text())
+    manifest = json.loads((small_bundle / B.MANIFEST).read_text())
+    manifest["graphs"][B.ECG_TQN_PREPARED] = B.sha256_file(partial / B.ECG_TQN_PREPARED)
+    (partial / B.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"cannot load ecg_tqn_prepared\.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
     (partial / B.ECG_TQN_PREPARED).unlink()  # an older bundle: scores through ecg_tqn, which is broken
     (partial / B.ECG_TQN).write_bytes(b"not an onnx graph")
+    manifest["graphs"][B.ECG_TQN] = B.sha256_file(partial / B.ECG_TQN)
+    (partial / B.MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match=r"cannot load ecg_tqn\.onnx"):
         load_runtime(partial, RuntimeOptions(provider="cpu", optimized_model_dir=tmp_path / "opt"))
 
