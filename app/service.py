@@ -19,10 +19,13 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from app.ecg.uploads import UploadLimits
+from app.errors import DatabaseUnavailable
+from app.knowledge import db
 from app.knowledge.builtin import seed_builtin
-from app.knowledge.db import create_schema, make_engine
+from app.knowledge.db import DatabaseOptions, create_schema, make_engine
 from app.knowledge.embedding_cache import EmbeddingCache, LabelSetVectors
-from app.knowledge.store import KnowledgeStore
+from app.knowledge.guard import DatabaseGuard
+from app.knowledge.store import KnowledgeStore, LabelSetReader
 from app.knowledge.types import LabelDraft
 from app.ops.settings import Settings
 from app.serving.runtime import ModelRuntime, RuntimeOptions, load_runtime
@@ -50,12 +53,22 @@ class Service:
     limits: UploadLimits
 
     def database_ok(self) -> bool:
-        try:
-            with self.engine.connect() as conn:
+        return self.database_problem() is None
+
+    def database_problem(self) -> str | None:
+        """None when the database answers ``SELECT 1`` within ``readiness_timeout_s``, else what is wrong."""
+
+        def probe() -> None:
+            with db.read_tx(self.engine) as conn:
                 conn.execute(text("SELECT 1"))
-            return True
-        except Exception:  # any driver error means "not reachable"
-            return False
+
+        try:
+            self.store.guard.call(probe, deadline_s=self.settings.readiness_timeout_s)
+        except DatabaseUnavailable as exc:
+            return exc.message.split(";")[0]
+        except Exception as exc:  # any other failure of the probe also means "not usable"
+            return f"the knowledge database check failed ({type(exc).__name__})"
+        return None
 
     def close(self) -> None:
         """Stop the request-work thread and release the database (the scorer is stopped by its owner)."""
@@ -87,22 +100,35 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
     runtime = runtime or load_model(settings)
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
+    url = settings.resolved_database_url
+    engine = make_engine(url, database_options(settings))
     create_schema(engine)
-    store = KnowledgeStore(engine)
+    guard = DatabaseGuard(deadline_s=None if db.is_sqlite(url) else settings.database_call_timeout_s,
+                          retry_after_s=settings.database_retry_after_s)
+    store = KnowledgeStore(engine, guard=guard)
     if seed_builtins:
         report = seed_builtin(store)
         log.info("built-in knowledge: %d labels and %d label sets added", len(report.labels_added),
                  len(report.label_sets_added))
-    cache = EmbeddingCache(engine)
+    cache = EmbeddingCache(engine, guard=guard)
     embedder = RuntimeEmbedder(runtime)
     scorer = Scorer(runtime, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000)
     diagnose = DiagnoseService(
         store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
         default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
         max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
+        label_sets=LabelSetReader(store, fallback_deadline_s=settings.database_fallback_timeout_s),
     )
     return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings))
+
+
+def database_options(settings: Settings) -> DatabaseOptions:
+    return DatabaseOptions(
+        connect_timeout_s=settings.database_connect_timeout_s,
+        statement_timeout_s=settings.database_statement_timeout_s,
+        pool_timeout_s=settings.database_call_timeout_s,
+        sqlite_busy_timeout_s=settings.database_busy_timeout_s,
+    )
 
 
 @contextmanager

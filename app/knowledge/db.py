@@ -6,13 +6,24 @@ dialect-specific piece, insert-or-ignore, is chosen in :func:`insert_ignore`.
 
 SQLite write transactions start with ``BEGIN IMMEDIATE`` so two processes writing the same
 file queue on the lock (up to the busy timeout) instead of failing when a reader upgrades.
+
+Timeouts (:class:`DatabaseOptions`, from the ``ECGFM_DATABASE_*`` settings): PostgreSQL
+connections are opened with libpq's ``connect_timeout`` and ``statement_timeout`` set in the
+session's ``options``, and checked with a ping before use (a connection the server dropped is
+replaced, so the service recovers by itself when the server is back); waiting for a pooled
+connection is bounded too. A driver error meaning "cannot reach the database" (SQLAlchemy's
+``OperationalError``/``InterfaceError``, a connection invalidated, a pool timeout) leaves
+:func:`read_tx` and :func:`write_tx` as :class:`app.errors.DatabaseUnavailable`; the driver's
+text is logged, never sent to a caller. ``app.knowledge.guard`` bounds a call as a whole.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -33,9 +44,14 @@ from sqlalchemy import (
     create_engine,
     event,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.sql.dml import Insert
+
+from app.errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_S = 30
 _IMMEDIATE = "knowledge_sqlite_immediate"
@@ -127,19 +143,39 @@ def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def make_engine(url: str) -> Engine:
+@dataclass(frozen=True)
+class DatabaseOptions:
+    """Timeouts of the engine (see the module docstring)."""
+
+    connect_timeout_s: int = 5  # PostgreSQL: libpq connect_timeout (whole seconds, at least 2 in effect)
+    statement_timeout_s: float = 10.0  # PostgreSQL: server-side statement_timeout
+    pool_timeout_s: float = 10.0  # waiting for a pooled connection
+    sqlite_busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S  # SQLite: waiting for another writer's lock
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def make_engine(url: str, options: DatabaseOptions | None = None) -> Engine:
     """An engine for ``url``: ``sqlite:///path`` or ``postgresql+psycopg://...``."""
+    options = options or DatabaseOptions()
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    return create_engine(url, pool_pre_ping=True)
+        return _sqlite_engine(url, options.sqlite_busy_timeout_s)
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        statement_ms = max(1, int(options.statement_timeout_s * 1000))
+        connect_args = {"connect_timeout": max(1, int(options.connect_timeout_s)),
+                        "options": f"-c statement_timeout={statement_ms}"}
+    return create_engine(url, pool_pre_ping=True, pool_timeout=options.pool_timeout_s, connect_args=connect_args)
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, busy_timeout_s: float = SQLITE_BUSY_TIMEOUT_S) -> Engine:
     database = make_url(url).database
     if database and database != ":memory:" and not database.startswith("file:"):
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+    engine = create_engine(url, connect_args={"timeout": busy_timeout_s})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
@@ -148,7 +184,7 @@ def _sqlite_engine(url: str) -> Engine:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -173,7 +209,7 @@ def create_schema(engine: Engine) -> None:
 @contextmanager
 def write_tx(engine: Engine) -> Iterator[Connection]:
     """A write transaction: committed on success, rolled back on any exception."""
-    with engine.connect() as conn:
+    with unavailable_as_error(), engine.connect() as conn:
         conn.execution_options(**{_IMMEDIATE: True})
         with conn.begin():
             yield conn
@@ -182,8 +218,30 @@ def write_tx(engine: Engine) -> Iterator[Connection]:
 @contextmanager
 def read_tx(engine: Engine) -> Iterator[Connection]:
     """A read transaction: every query inside sees one consistent state."""
-    with engine.connect() as conn, conn.begin():
+    with unavailable_as_error(), engine.connect() as conn, conn.begin():
         yield conn
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether a SQLAlchemy error means the database cannot be reached (not a refused statement)."""
+    if isinstance(exc, sa_exc.TimeoutError):  # no pooled connection came free in time
+        return True
+    if isinstance(exc, sa_exc.DBAPIError):
+        return exc.connection_invalidated or isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError)
+    return False
+
+
+@contextmanager
+def unavailable_as_error() -> Iterator[None]:
+    """Driver errors meaning "cannot reach the database" leave as ``DatabaseUnavailable``."""
+    try:
+        yield
+    except (sa_exc.DBAPIError, sa_exc.TimeoutError) as exc:
+        if not is_unavailable(exc):
+            raise
+        problem = type(exc.orig).__name__ if isinstance(exc, sa_exc.DBAPIError) else type(exc).__name__
+        log.warning("knowledge database call failed: %s: %s", problem, str(exc).splitlines()[0] if str(exc) else "")
+        raise DatabaseUnavailable(f"the knowledge database is unreachable ({problem})") from exc
 
 
 def insert_ignore(engine_or_conn: Engine | Connection, table: Table) -> Insert:

@@ -3,7 +3,8 @@
 Key: (embedder identity, SHA-256 of the exact text). A new encoder identity never sees
 another's vectors. Rows are shared by every process on the same database; when two
 processes miss the same text at once, both embed it and the second insert is ignored
-(``ON CONFLICT DO NOTHING``), so neither fails.
+(``ON CONFLICT DO NOTHING``), so neither fails. Its reads and writes run under the store's
+``DatabaseGuard`` (bounded; the embedding itself is not).
 
 ``LabelSetVectors`` adds a small in-process LRU keyed by (identity, label-set version).
 It can never serve stale vectors because a version is a hash of the set's content.
@@ -17,6 +18,7 @@ import numpy as np
 from sqlalchemy import Engine, select
 
 from app.knowledge import db
+from app.knowledge.guard import DatabaseGuard
 from app.knowledge.types import CacheStats, LabelSet, TextEmbedder
 from app.lru import LruCache
 
@@ -30,8 +32,9 @@ def text_sha256(text: str) -> str:
 class EmbeddingCache:
     """Database-backed cache of text vectors (float32)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, guard: DatabaseGuard | None = None) -> None:
         self._engine = engine
+        self._guard = guard or DatabaseGuard()
 
     def vectors_for(
         self, texts: list[str], embedder: TextEmbedder
@@ -40,12 +43,13 @@ class EmbeddingCache:
         if not texts:
             return np.zeros((0, DEFAULT_DIM), dtype=np.float32), CacheStats(0, 0)
         keys = [text_sha256(t) for t in texts]
-        found = self._lookup(embedder.identity, set(keys))
+        found = self._guard.call(lambda: self._lookup(embedder.identity, set(keys)))
         missing = list(dict.fromkeys(k for k in keys if k not in found))
         if missing:
             text_of = dict(zip(keys, texts, strict=True))
             fresh = _embed(embedder, [text_of[k] for k in missing])
-            self._store(embedder.identity, missing, [text_of[k] for k in missing], fresh)
+            texts_missing = [text_of[k] for k in missing]
+            self._guard.call(lambda: self._store(embedder.identity, missing, texts_missing, fresh))
             found.update(zip(missing, fresh, strict=True))
         vectors = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
         hits = sum(1 for k in keys if k not in missing)

@@ -15,27 +15,48 @@ of its ordered members (name, text for the encoder, description, codes, synonyms
 encode_text). It changes whenever a member is added, removed, reordered or edited, and
 is the same for the same content on any machine. Every version a set takes is stored as a
 snapshot (``get_label_set_version``), kept even after the set is deleted.
+
+Every public call runs under the store's :class:`~app.knowledge.guard.DatabaseGuard`: on a
+network database it is bounded by the guard's deadline, and a database that cannot be reached
+surfaces as ``DatabaseUnavailable`` (503 with ``Retry-After``). :class:`LabelSetReader` keeps
+serving the sets it has read while the database is down, marked ``served_from_memory``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import CursorResult, Engine, Row, Select, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, DatabaseUnavailable, NotFound
 from app.knowledge import db
+from app.knowledge.guard import DatabaseGuard
 from app.knowledge.types import Label, LabelDraft, LabelSet, LabelSetDraft, name_key
 
 VERSION_HEX_CHARS = 16
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _guarded(method: Callable[Concatenate[KnowledgeStore, P], T]) -> Callable[Concatenate[KnowledgeStore, P], T]:
+    """Run a public store call under the store's guard (bounded; health tracked)."""
+
+    @functools.wraps(method)
+    def call(self: KnowledgeStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self.guard.call(lambda: method(self, *args, **kwargs))
+
+    return call
 
 
 def label_set_version(labels: Sequence[Label]) -> str:
@@ -58,20 +79,25 @@ def label_set_version(labels: Sequence[Label]) -> str:
 class KnowledgeStore:
     """Labels and label sets over one SQLAlchemy engine (SQLite or PostgreSQL)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, guard: DatabaseGuard | None = None) -> None:
+        """``guard``: bounds every call (default: unbounded, health still tracked)."""
         self._engine = engine
+        self.guard = guard or DatabaseGuard()
 
     # --- labels ------------------------------------------------------------------------
 
+    @_guarded
     def list_labels(self) -> list[Label]:
         with db.read_tx(self._engine) as conn:
             rows = conn.execute(select(db.labels).order_by(db.labels.c.name_key)).all()
         return [_to_label(row) for row in rows]
 
+    @_guarded
     def get_label(self, label_id: int) -> Label:
         with db.read_tx(self._engine) as conn:
             return _to_label(_label_row(conn, label_id))
 
+    @_guarded
     def get_label_by_name(self, name: str) -> Label:
         with db.read_tx(self._engine) as conn:
             row = _label_row_by_name(conn, name)
@@ -79,12 +105,14 @@ class KnowledgeStore:
             raise NotFound(f"no label named {name!r}", details={"label": name})
         return _to_label(row)
 
+    @_guarded
     def label_sets_of(self, label_id: int) -> list[str]:
         """Names of the sets that contain the label."""
         with db.read_tx(self._engine) as conn:
             _label_row(conn, label_id)
             return [row.name for row in _set_rows_containing(conn, label_id)]
 
+    @_guarded
     def create_label(self, draft: LabelDraft, *, builtin: bool = False) -> Label:
         draft = draft.validated()
         with self._writing(f"a label named {draft.name!r} already exists") as conn:
@@ -97,6 +125,7 @@ class KnowledgeStore:
             _add_to_sets(conn, label_id, draft.label_sets)
             return _to_label(_label_row(conn, label_id))
 
+    @_guarded
     def update_label(self, label_id: int, draft: LabelDraft) -> Label:
         """Replace a label's content; every set containing it gets a new version."""
         draft = draft.validated()
@@ -114,6 +143,7 @@ class KnowledgeStore:
             _add_to_sets(conn, label_id, draft.label_sets)
             return _to_label(_label_row(conn, label_id))
 
+    @_guarded
     def delete_label(self, label_id: int, *, force: bool = False) -> list[str]:
         """Delete a label; returns the names of the sets it was removed from.
 
@@ -141,22 +171,26 @@ class KnowledgeStore:
 
     # --- label sets --------------------------------------------------------------------
 
+    @_guarded
     def list_label_sets(self) -> list[LabelSet]:
         with db.read_tx(self._engine) as conn:
             set_rows = conn.execute(select(db.label_sets).order_by(db.label_sets.c.name_key)).all()
             members = _members_by_set(conn)
         return [_to_label_set(row, members.get(row.id, [])) for row in set_rows]
 
+    @_guarded
     def get_label_set(self, name: str) -> LabelSet:
         with db.read_tx(self._engine) as conn:
             row = _set_row(conn, name)
             return _to_label_set(row, _members(conn, row.id))
 
+    @_guarded
     def current_version(self, name: str) -> str:
         """The set's current version: one indexed row, for read-through caches keyed by it."""
         with db.read_tx(self._engine) as conn:
             return str(_set_row(conn, name).version)
 
+    @_guarded
     def create_label_set(self, draft: LabelSetDraft, *, builtin: bool = False) -> LabelSet:
         draft = draft.validated()
         with self._writing(f"a label set named {draft.name!r} already exists") as conn:
@@ -179,6 +213,7 @@ class KnowledgeStore:
             _write_members(conn, set_id, label_ids)
             return _refresh_set(conn, set_id)
 
+    @_guarded
     def update_label_set(self, name: str, draft: LabelSetDraft) -> LabelSet:
         """Replace a set's name, description and ordered members."""
         draft = draft.validated()
@@ -202,6 +237,7 @@ class KnowledgeStore:
             _write_members(conn, row.id, label_ids)
             return _refresh_set(conn, row.id)
 
+    @_guarded
     def delete_label_set(self, name: str) -> None:
         """Delete a set (its labels stay; its version snapshots stay)."""
         with db.write_tx(self._engine) as conn:
@@ -210,6 +246,7 @@ class KnowledgeStore:
             conn.execute(delete(members).where(members.c.set_id == row.id))
             conn.execute(delete(db.label_sets).where(db.label_sets.c.id == row.id))
 
+    @_guarded
     def get_label_set_version(self, name: str, version: str) -> LabelSet:
         """The set exactly as it was at ``version`` (from its snapshot)."""
         with db.read_tx(self._engine) as conn:
@@ -226,6 +263,7 @@ class KnowledgeStore:
             )
         return _from_snapshot(content)
 
+    @_guarded
     def list_label_set_versions(self, name: str) -> list[tuple[str, datetime]]:
         """Every version the set (by this name) has had, oldest first."""
         table = db.label_set_versions
@@ -241,12 +279,14 @@ class KnowledgeStore:
 
     # --- built-in ledger (used by app.knowledge.builtin) -------------------------------
 
+    @_guarded
     def seeded_builtins(self) -> set[tuple[str, str]]:
         """(kind, name key) of every built-in label/set offered before."""
         with db.read_tx(self._engine) as conn:
             rows = conn.execute(select(db.builtin_seeds.c.kind, db.builtin_seeds.c.name_key)).all()
         return {(row.kind, row.name_key) for row in rows}
 
+    @_guarded
     def mark_seeded(self, kind: str, names: Sequence[str]) -> None:
         if not names:
             return
@@ -528,23 +568,46 @@ class LabelSetReader:
     Every call still asks the database for the set's current version (one indexed row), so
     the visibility bound of :class:`KnowledgeStore` holds unchanged; only the members of a
     version already seen are not read again. Versions are content hashes: never stale.
+
+    While the database is unreachable, a set this reader has served before is served again
+    from memory (the last version it saw), marked ``served_from_memory``: the version check
+    then waits at most ``fallback_deadline_s``, and not at all for ``probe_interval_s`` after
+    the last failure (the guard's). A set never read answers ``DatabaseUnavailable``.
     """
 
-    def __init__(self, store: KnowledgeStore, *, max_entries: int = 64) -> None:
+    def __init__(self, store: KnowledgeStore, *, max_entries: int = 64, fallback_deadline_s: float = 1.0) -> None:
         self._store = store
         self._max_entries = max_entries
+        self._fallback_deadline_s = fallback_deadline_s
         self._sets: dict[tuple[str, str], LabelSet] = {}
+        self._latest: dict[str, LabelSet] = {}  # name key -> the version last served
         self._lock = threading.Lock()
 
     def get(self, name: str) -> LabelSet:
-        key = (name_key(name), self._store.current_version(name))
+        key = name_key(name)
         with self._lock:
-            cached = self._sets.get(key)
-        if cached is not None:
-            return cached
-        label_set = self._store.get_label_set(name)
+            remembered = self._latest.get(key)
+        guard = self._store.guard
+        if remembered is not None and guard.recently_down():
+            return replace(remembered, served_from_memory=True)
+        try:
+            version = guard.call(lambda: self._store.current_version(name),
+                                 deadline_s=self._fallback_deadline_s
+                                 if remembered is not None and guard.deadline_s is not None else None)
+        except DatabaseUnavailable:
+            if remembered is None:
+                raise
+            return replace(remembered, served_from_memory=True)
         with self._lock:
-            if len(self._sets) >= self._max_entries:
-                self._sets.pop(next(iter(self._sets)))
-            self._sets[(name_key(name), label_set.version)] = label_set
-        return label_set
+            cached = self._sets.get((key, version))
+        if cached is None:
+            cached = self._store.get_label_set(name)
+            with self._lock:
+                if len(self._sets) >= self._max_entries:
+                    self._sets.pop(next(iter(self._sets)))
+                self._sets[(key, cached.version)] = cached
+        with self._lock:
+            self._latest[key] = cached
+            if len(self._latest) > self._max_entries:
+                self._latest.pop(next(iter(self._latest)))
+        return cached

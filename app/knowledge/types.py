@@ -67,6 +67,8 @@ class LabelSet:
     labels: tuple[Label, ...]
     builtin: bool = False
     updated_at: datetime | None = None
+    # set by LabelSetReader when the database was unreachable and this copy came from memory
+    served_from_memory: bool = field(default=False, compare=False)
 
     @property
     def label_names(self) -> tuple[str, ...]:

@@ -48,11 +48,16 @@ async def healthz() -> HealthOut:
 async def readyz(request: Request) -> JSONResponse:
     state = getattr(request.app.state, "service", None)
     checks = ReadinessChecks(model=state is not None, database=False)
+    reason: str | None = None
     if state is not None:
-        checks.database = await asyncio.to_thread(state.database_ok)
+        # bounded by ECGFM_READINESS_TIMEOUT_S (app.knowledge.guard), also when the server is frozen
+        problem = await asyncio.to_thread(state.database_problem)
+        checks.database = problem is None
+        reason = f"database: {problem}" if problem else None
     ready = checks.model and checks.database
     metrics.set_ready(ready)
-    reason = getattr(request.app.state, "startup_error", None) if state is None else None
+    if state is None:
+        reason = getattr(request.app.state, "startup_error", None)
     body = ReadinessOut(status="ready" if ready else "not_ready", checks=checks, reason=reason or None)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
