@@ -15,7 +15,8 @@ from app import __version__
 from app.api import errors, openapi
 from app.api.middleware import RequestObserver
 from app.api.routes import diagnose, health, labels
-from app.api.state import build_state
+from app.api.server import on_shutdown_signal
+from app.api.state import ServiceState, build_state
 from app.errors import ServiceError
 from app.ops import metrics
 from app.ops.settings import Settings
@@ -37,6 +38,12 @@ TAGS = [
 ]
 
 
+def _start_draining(state: ServiceState) -> None:
+    """Shutdown signal (from a signal handler: no I/O here): refuse new /diagnose work, not ready."""
+    state.diagnose.start_draining()
+    metrics.set_ready(False)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -53,6 +60,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
             return
         state.scorer.start()
+        # bounded work (HTTP only: the offline scorer stays unbounded); a shutdown signal makes new
+        # /diagnose requests answer 503 shutting_down
+        state.diagnose.configure_overload(max_queued_ecgs=settings.max_queued_ecgs,
+                                          retry_after_s=settings.retry_after_s)
+        restore_signals = on_shutdown_signal(lambda: _start_draining(state))
         app.state.service = state
         app.state.cold_start_s = time.perf_counter() - started
         metrics.set_ready(True)
@@ -61,8 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            restore_signals()
             metrics.set_ready(False)
-            await state.scorer.stop()
+            await state.scorer.stop(timeout=settings.shutdown_grace_s)
             state.close()
 
     app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan,
@@ -72,7 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.startup_error = None
     errors.install(app)
 
-    app.add_middleware(RequestObserver)
+    app.add_middleware(RequestObserver, settings=settings)
     app.include_router(health.router)
     app.include_router(diagnose.router)
     app.include_router(labels.router)

@@ -3,15 +3,26 @@
 Logging is the service's own (app/ops/logging.py, levels from ``ECGFM_LOG_LEVEL``), set up here
 and again in each worker process; uvicorn's logging config and access log are off (the request
 middleware writes the access lines).
+
+Graceful shutdown: on SIGTERM (or SIGINT) uvicorn stops accepting connections and waits up to
+``ECGFM_SHUTDOWN_GRACE_S`` (``timeout_graceful_shutdown``) for the requests in flight, then
+cancels what is left; the lifespan's shutdown then drains the batcher. ``on_shutdown_signal``
+lets the app hear the signal first, so that a request still arriving meanwhile gets 503
+``shutting_down`` and /readyz stops saying ready.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from app.errors import BundleError
@@ -22,6 +33,44 @@ from app.serving.bundle import open_bundle
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+
+SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def on_shutdown_signal(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback`` when a shutdown signal arrives, then the handler that was there (uvicorn's).
+
+    Only where a Python handler is installed already (a server that shuts down gracefully on
+    it); elsewhere (tests, the main thread not ours) nothing changes. Returns a function that
+    puts the previous handlers back.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    installed: dict[int, Callable[[int, FrameType | None], object]] = {}
+    previous: dict[int, Callable[[int, FrameType | None], object]] = {}
+    for sig in SHUTDOWN_SIGNALS:
+        prev = signal.getsignal(sig)
+        if not callable(prev):
+            continue
+
+        def handler(signum: int, frame: FrameType | None,
+                    prev: Callable[[int, FrameType | None], object] = prev) -> None:
+            try:
+                callback()
+            finally:
+                prev(signum, frame)
+
+        previous[sig] = prev
+        installed[sig] = handler
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, handler in installed.items():
+            if signal.getsignal(sig) is handler:
+                signal.signal(sig, previous[sig])
+
+    return restore
 
 
 def app_factory() -> FastAPI:
@@ -62,7 +111,8 @@ def serve(settings: Settings) -> int:
         metrics.prepare_multiproc_dir()
     try:
         uvicorn.run("app.api.server:app_factory", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, log_config=None, log_level=None, access_log=False)
+                    workers=settings.workers, log_config=None, log_level=None, access_log=False,
+                    timeout_graceful_shutdown=math.ceil(settings.shutdown_grace_s))
     finally:
         if own_dir:
             shutil.rmtree(own_dir, ignore_errors=True)

@@ -166,6 +166,17 @@ MODEL_INFO = Gauge(
     ["model_name", "model_version", "provider", "precision", "untrained"],
     multiprocess_mode="livemax",
 )
+SHED = Counter(  # bounded work overall
+    "ecgfm_diagnose_shed",
+    "/diagnose requests not scored, by reason: rejected (queue full), expired (past the request deadline), "
+    "abandoned (client disconnected), draining (shutting down).",
+    ["reason"],
+)
+ADMITTED_ECGS = Gauge(
+    "ecgfm_admitted_ecgs",
+    "ECGs in /diagnose requests admitted and not yet answered (bounded by ECGFM_MAX_QUEUED_ECGS).",
+    multiprocess_mode="livesum",
+)
 READY = Gauge(
     "ecgfm_ready",
     "1 when the model is loaded and the database is reachable.",
@@ -188,6 +199,8 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "ecgfm_batch_queue_depth",
         "ecgfm_model_info",
         "ecgfm_ready",
+        "ecgfm_diagnose_shed",
+        "ecgfm_admitted_ecgs",
     }
 )
 
@@ -396,6 +409,23 @@ def set_model_info(
     _model_info_labels = labels
 
 
+SHED_REASONS: tuple[str, ...] = ("rejected", "expired", "abandoned", "draining")
+for _reason in SHED_REASONS:  # exported at 0 from the start, so rate() and alerts see every reason
+    SHED.labels(reason=_reason)
+
+
+def record_shed(reason: str) -> None:
+    """A /diagnose request that was not scored (one of ``SHED_REASONS``)."""
+    if reason not in SHED_REASONS:
+        raise ValueError(f"unknown shed reason {reason!r}; expected one of {SHED_REASONS}")
+    SHED.labels(reason=reason).inc()
+
+
+def set_admitted_ecgs(n: int) -> None:
+    """ECGs admitted to /diagnose and not yet answered, in this process."""
+    ADMITTED_ECGS.set(_count(n, "admitted ECGs"))
+
+
 def set_ready(ready: bool) -> None:
     """1 when the model is loaded and the database is reachable, else 0."""
     READY.set(1 if ready else 0)
@@ -417,7 +447,9 @@ __all__ = [
     "record_embedding_cache",
     "record_error",
     "record_http_request",
+    "record_shed",
     "render_latest",
+    "set_admitted_ecgs",
     "set_model_info",
     "set_queue_depth",
     "set_ready",

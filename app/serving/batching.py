@@ -20,6 +20,11 @@ them (a multi-threaded call whose thread loses its core to other work stalls as 
 While every lane is busy the collector does not cut a new batch, so requests that arrive
 meanwhile join the next one (larger batches under load).
 
+Deadlines: ``submit(..., deadline=t)`` (``time.monotonic()``) drops an item still queued at ``t``
+when a batch is cut: its caller gets :class:`~app.errors.DeadlineExceeded` and ``fn`` never sees
+it. An item whose caller was cancelled (e.g. the client disconnected) is skipped the same way.
+:class:`AdmissionLimit` bounds the work let in at all (past it, :class:`~app.errors.Overloaded`).
+
 Lifecycle (for a FastAPI lifespan): ``start()`` inside the running loop, ``await stop()``
 on shutdown. Nothing is cleaned up in ``__del__``.
 """
@@ -36,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.errors import ModelNotReady, ServiceError
+from app.errors import DeadlineExceeded, ModelNotReady, Overloaded, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +75,7 @@ class _Pending:
     weight: int
     future: asyncio.Future[Any]
     enqueued: float = field(default=0.0)
+    deadline: float | None = None  # time.monotonic() after which the item is dropped, not run
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -84,6 +90,8 @@ class DynamicBatcher(Generic[T, R]):
         lanes: int = 1,
         upcoming: Callable[[], int] | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_expired: Callable[[int], None] | None = None,
+        retry_after_s: int = 1,
         name: str = "batcher",
     ) -> None:
         if int(max_batch_size) < 1:
@@ -98,6 +106,8 @@ class DynamicBatcher(Generic[T, R]):
         self.lanes = int(lanes)
         self._upcoming = upcoming or (lambda: 0)
         self._on_batch = on_batch
+        self._on_expired = on_expired  # called with the weight of each item dropped at its deadline
+        self.retry_after_s = int(retry_after_s)
         self.name = name
         self._pending: deque[_Pending] = deque()
         self._pending_weight = 0
@@ -204,8 +214,11 @@ class DynamicBatcher(Generic[T, R]):
 
     # --- submitting -------------------------------------------------------------------------
 
-    async def submit(self, key: Hashable, item: T, *, weight: int = 1) -> R:
-        """Queue ``item`` under ``key``; wait for and return its result (or raise)."""
+    async def submit(self, key: Hashable, item: T, *, weight: int = 1, deadline: float | None = None) -> R:
+        """Queue ``item`` under ``key``; wait for and return its result (or raise).
+
+        ``deadline`` (``time.monotonic()``): if no batch has taken the item by then, it is dropped
+        and this raises :class:`DeadlineExceeded`; an item already past it is refused at once."""
         if weight < 1 or int(weight) != weight:
             raise ValueError(f"weight must be a positive integer, got {weight!r}")
         if self._collector is None or self._stopping or self._collector.done():
@@ -213,8 +226,11 @@ class DynamicBatcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             raise RuntimeError(f"{self.name}: submit() from another event loop than start()")
+        if deadline is not None and time.monotonic() >= deadline:
+            self._expired(int(weight))
+            raise self._deadline_error(0.0)
         fut: asyncio.Future[R] = loop.create_future()
-        rec = _Pending(key=key, item=item, weight=int(weight), future=fut, enqueued=loop.time())
+        rec = _Pending(key=key, item=item, weight=int(weight), future=fut, enqueued=loop.time(), deadline=deadline)
         self._unresolved.add(rec)
 
         def resolved(_done: asyncio.Future[R], record: _Pending = rec) -> None:
@@ -285,15 +301,36 @@ class DynamicBatcher(Generic[T, R]):
         free = max(1, self.lanes - self._running_calls)
         return max(1, min(self.max_batch_size, -(-self._pending_weight // free)))
 
+    def _deadline_error(self, waited_s: float) -> DeadlineExceeded:
+        return DeadlineExceeded(
+            f"the request waited {waited_s:.1f} s in the model queue and passed its deadline; it was not scored "
+            "(the service is overloaded: retry later)", retry_after_s=self.retry_after_s)
+
+    def _expired(self, weight: int) -> None:
+        if self._on_expired is not None:
+            try:
+                self._on_expired(weight)
+            except Exception:  # metrics must not break serving
+                log.exception("%s: on_expired callback failed", self.name)
+
     def _cut(self, limit: int) -> list[_Pending]:
-        """Take items from the front while the summed weight fits ``limit`` (at least one)."""
+        """Take items from the front while the summed weight fits ``limit`` (at least one);
+        skip items whose caller is gone and fail those past their deadline."""
         batch: list[_Pending] = []
         weight = 0
+        now = time.monotonic()
         while self._pending:
             rec = self._pending[0]
             if rec.future.done():  # caller cancelled (or failed elsewhere): skip
                 self._pending.popleft()
                 self._pending_weight -= rec.weight
+                continue
+            if rec.deadline is not None and now >= rec.deadline:
+                self._pending.popleft()
+                self._pending_weight -= rec.weight
+                assert self._loop is not None
+                rec.future.set_exception(self._deadline_error(self._loop.time() - rec.enqueued))
+                self._expired(rec.weight)
                 continue
             if batch and weight + rec.weight > limit:
                 break
@@ -370,6 +407,61 @@ class DynamicBatcher(Generic[T, R]):
                 log.exception("%s: on_batch callback failed", self.name)
 
 
+class AdmissionLimit:
+    """Bounds the work let in at once, e.g. the ECGs of requests between arrival and answer.
+
+    ``with limit.admit(1) as resize: ... resize(n)`` holds one unit from the ``with`` (a request
+    whose size is not known yet) and ``n`` after ``resize(n)`` (its ECGs, once read), until the
+    block ends. Admitting (or growing to) more than ``limit`` units in all raises
+    :class:`Overloaded`, unless nothing else is admitted (so one request larger than the limit
+    still runs, alone). Used from the event loop thread only (no locking).
+    """
+
+    def __init__(self, limit: int, *, retry_after_s: int = 1,
+                 on_change: Callable[[int], None] | None = None) -> None:
+        if int(limit) < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        self.limit = int(limit)
+        self.retry_after_s = int(retry_after_s)
+        self.admitted = 0
+        self._on_change = on_change
+
+    def _overloaded(self, weight: int) -> Overloaded:
+        return Overloaded(
+            f"the service is at capacity ({self.admitted} of {self.limit} ECGs admitted; this request needs "
+            f"{weight}); retry after {self.retry_after_s} s",
+            retry_after_s=self.retry_after_s, details={"admitted": self.admitted, "limit": self.limit})
+
+    def _set(self, admitted: int) -> None:
+        self.admitted = admitted
+        if self._on_change is not None:
+            self._on_change(admitted)
+
+    @contextmanager
+    def admit(self, weight: int = 1) -> Iterator[Callable[[int], None]]:
+        weight = int(weight)
+        if weight < 1:
+            raise ValueError(f"weight must be >= 1, got {weight}")
+        if self.admitted > 0 and self.admitted + weight > self.limit:
+            raise self._overloaded(weight)
+        held = weight
+        self._set(self.admitted + weight)
+
+        def resize(n: int) -> None:
+            nonlocal held
+            n = max(1, int(n))
+            others = self.admitted - held
+            if n > held and others > 0 and others + n > self.limit:
+                raise self._overloaded(n)
+            self._set(others + n)
+            held = n
+
+        try:
+            yield resize
+        finally:
+            self._set(self.admitted - held)
+
+
 class IncomingWork:
     """Work on its way to a batcher, e.g. requests whose upload is still being read.
 
@@ -408,4 +500,4 @@ def _count(results: Any) -> int | None:
         return None
 
 
-__all__ = ["BatchError", "BatchStats", "DynamicBatcher", "IncomingWork"]
+__all__ = ["AdmissionLimit", "BatchError", "BatchStats", "DynamicBatcher", "IncomingWork"]

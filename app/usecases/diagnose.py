@@ -2,15 +2,20 @@
 
 read (uploads -> Recordings) -> preprocess (windows) -> panel (label set + cached vectors)
 -> score (batched ONNX) -> explain (aggregate, rank, evidence). Shared by the API; no HTTP.
+
+Bounded work (for the API): ``admit()`` lets a request in only while the ECGs admitted stay
+under ``max_queued_ecgs`` and the service is not draining (else ``Overloaded`` /
+``ShuttingDown``); ``diagnose(..., deadline=t)`` never scores a request still waiting at ``t``
+(``DeadlineExceeded``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, TypeVar
 
@@ -22,11 +27,12 @@ from app.ecg.readers import discover
 from app.ecg.readers.base import ReadHints
 from app.ecg.recording import Recording
 from app.ecg.uploads import UploadLimits, unpacked_upload
-from app.errors import InvalidInput, UnsupportedSignal
+from app.errors import DeadlineExceeded, InvalidInput, Overloaded, ShuttingDown, UnsupportedSignal
 from app.knowledge.embedding_cache import LabelSetVectors
 from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_version
 from app.knowledge.types import Label, LabelSet
 from app.ops import metrics
+from app.serving.batching import AdmissionLimit
 from app.serving.runtime import ModelInfo
 from app.usecases.explain import (
     INTENDED_USE,
@@ -39,12 +45,20 @@ from app.usecases.explain import (
     signal_warnings,
 )
 from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning
-from app.usecases.scoring import RuntimeEmbedder, Scorer
+from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer
 
 ADHOC_SET = "adhoc"
 UNTRAINED_WARNING = ResultWarning(
     "untrained_model", "This response comes from an UNTRAINED demo model (random weights): its outputs mean nothing.")
 R = TypeVar("R")
+
+
+def knowledge_warnings(label_set: LabelSet) -> tuple[ResultWarning, ...]:
+    """the set came from memory because the knowledge database was unreachable."""
+    if not label_set.served_from_memory:
+        return ()
+    return (ResultWarning("knowledge_from_cache", f"the knowledge database is unreachable; label set "
+                          f"{label_set.name!r} version {label_set.version} served from memory"),)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,19 @@ def _panel(label_set: LabelSet, vectors: np.ndarray) -> Panel:
     return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
 
 
+async def _score_all(scorer: Scorer, key: str, inputs: Sequence[ModelInput], vectors: np.ndarray,
+                     deadline: float | None) -> list[Scored]:
+    """Score every ECG of a request; if one fails (e.g. its deadline), the others are withdrawn
+    from the queue (cancelled, so the batcher skips them) instead of being scored for nothing."""
+    tasks = [asyncio.ensure_future(scorer.score(key, mi.windows, vectors, deadline=deadline)) for mi in inputs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
 def _out_of_range(index: int) -> UnsupportedSignal:
     # Amplitudes beyond float32 (after conversion to mV) give inf/NaN model outputs, which
     # cannot be reported (JSON has no NaN): refuse them instead of failing with a 500.
@@ -119,10 +146,13 @@ class DiagnoseService:
 
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
                  model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float,
-                 request_threads: int = 1, contract: ModelContract | None = None) -> None:
-        """``contract``: the served model's (``runtime.contract``); by default the scorer's runtime's."""
+                 request_threads: int = 1, contract: ModelContract | None = None,
+                 label_sets: LabelSetReader | None = None) -> None:
+        """``contract``: the served model's (``runtime.contract``); by default the scorer's runtime's.
+        ``label_sets``: the label-set reader (its fallback while the database is down); by default
+        one over ``store``."""
         self.store = store
-        self.label_sets = LabelSetReader(store)
+        self.label_sets = label_sets if label_sets is not None else LabelSetReader(store)
         self.vectors = vectors
         self.embedder = embedder
         self.scorer = scorer
@@ -132,6 +162,45 @@ class DiagnoseService:
         self.max_duration_s = max_duration_s
         self.contract = contract if contract is not None else scorer.runtime.contract
         self._request_work = ThreadPoolExecutor(max_workers=request_threads, thread_name_prefix="request-work")
+        # bounded work (configure_overload; the offline scorer leaves it unbounded)
+        self.retry_after_s = 1
+        self.admission = AdmissionLimit(2**62, on_change=metrics.set_admitted_ecgs)
+        self.draining = False
+
+    def configure_overload(self, *, max_queued_ecgs: int, retry_after_s: int) -> None:
+        """Bound the ECGs admitted at once (``admit``) and set the Retry-After of 503s."""
+        self.retry_after_s = max(1, int(retry_after_s))
+        self.admission = AdmissionLimit(max_queued_ecgs, retry_after_s=self.retry_after_s,
+                                        on_change=metrics.set_admitted_ecgs)
+        self.scorer.retry_after_s = self.retry_after_s
+
+    def start_draining(self) -> None:
+        """Shutting down (SIGTERM): requests already admitted finish, new ones get ShuttingDown."""
+        self.draining = True
+
+    @contextmanager
+    def admit(self) -> Iterator[Callable[[int], None]]:
+        """Let one request in (``with service.admit() as resize: ... resize(n_ecgs)``) or raise
+        ShuttingDown / Overloaded (counted in the shed metric). ``resize`` raises Overloaded too
+        when the request's ECGs, once read, do not fit next to the others'."""
+        if self.draining:
+            metrics.record_shed("draining")
+            raise ShuttingDown("the service is shutting down and takes no new requests; retry on another replica "
+                               "or after it restarts", retry_after_s=self.retry_after_s)
+        try:
+            with self.admission.admit(1) as resize:
+                yield resize
+        except Overloaded as exc:
+            if not isinstance(exc, DeadlineExceeded):
+                metrics.record_shed("rejected")
+            raise
+
+    @staticmethod
+    def check_deadline(deadline: float | None, stage: str) -> None:
+        """Raise DeadlineExceeded (counted as expired) if ``deadline`` (time.monotonic()) has passed."""
+        if deadline is not None and time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"the request passed its deadline {stage}; it was not scored (the service is "
+                                   "overloaded: retry later)")
 
     def close(self) -> None:
         self._request_work.shutdown(wait=False, cancel_futures=True)
@@ -175,9 +244,10 @@ class DiagnoseService:
         return _panel(label_set, vectors)
 
     def _prepare(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
-                 submitted: float) -> tuple[LabelSet, Panel | None, list[ModelInput]]:
+                 submitted: float, deadline: float | None = None) -> tuple[LabelSet, Panel | None, list[ModelInput]]:
         """Label set (with its vectors when they are in memory) and model input, in one trip to
         the request worker thread. Waiting for that thread is counted in the preprocess stage."""
+        self.check_deadline(deadline, "while it waited to be preprocessed")
         t = time.perf_counter()
         label_set = self.label_set_for(options)
         panel = self._cached_panel(label_set)
@@ -198,10 +268,23 @@ class DiagnoseService:
         return self.scorer.incoming.expect()
 
     async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings, *,
-                       request_id: str, arrived: Callable[[], None] = lambda: None) -> DiagnoseResult:
+                       request_id: str, arrived: Callable[[], None] = lambda: None,
+                       deadline: float | None = None) -> DiagnoseResult:
         """Score ``sources`` together against the label set ``options`` name. ``request_id`` is the
-        caller's (the HTTP middleware's, or one the offline scorer made): it names the result."""
-        label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, timings, time.perf_counter())
+        caller's (the HTTP middleware's, or one the offline scorer made): it names the result.
+        ``deadline`` (``time.monotonic()``): past it, raise DeadlineExceeded instead of scoring."""
+        try:
+            return await self._diagnose(sources, options, timings, request_id=request_id, arrived=arrived,
+                                        deadline=deadline)
+        except DeadlineExceeded as exc:
+            exc.retry_after_s = self.retry_after_s
+            metrics.record_shed("expired")
+            raise
+
+    async def _diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings, *,
+                        request_id: str, arrived: Callable[[], None], deadline: float | None) -> DiagnoseResult:
+        label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, timings, time.perf_counter(),
+                                                        deadline)
         if panel is None:  # vectors not in memory: embedding may take seconds, so not on the request thread
             t = time.perf_counter()
             panel = await asyncio.to_thread(self.panel_for, label_set)
@@ -212,7 +295,8 @@ class DiagnoseService:
 
         key = f"{self.embedder.identity}:{panel.version}"
         arrived()
-        scored = await asyncio.gather(*(self.scorer.score(key, mi.windows, panel.vectors) for mi in inputs))
+        self.check_deadline(deadline, "before it reached the model")
+        scored = await _score_all(self.scorer, key, inputs, panel.vectors, deadline)
         for i, sc in enumerate(scored):
             if not (np.isfinite(sc.probabilities).all() and np.isfinite(sc.attention).all()):
                 raise _out_of_range(i)
@@ -241,6 +325,6 @@ class DiagnoseService:
             label_set=LabelSetRef(panel.name, panel.version),
             intended_use=INTENDED_USE,
             results=tuple(results),
-            warnings=(UNTRAINED_WARNING,) if self.model_info.untrained else (),
+            warnings=((UNTRAINED_WARNING,) if self.model_info.untrained else ()) + knowledge_warnings(label_set),
             timings_ms=timings.as_ms(),
         )

@@ -4,7 +4,8 @@ Requests that share a panel (same label-set version, hence the same label vector
 scored in one ``ModelRuntime.score`` call; the call runs in a worker thread so the event
 loop (health checks, metrics) stays responsive while the model is busy. Up to
 ``runtime.lanes`` calls run at once under load; a call with nothing else running, queued
-or on its way (``incoming``) uses every core (see app.serving.batching).
+or on its way (``incoming``) uses every core (see app.serving.batching). A job given a
+``deadline`` that is still queued then is dropped (``DeadlineExceeded``), never scored.
 """
 
 from __future__ import annotations
@@ -55,14 +56,16 @@ class Scorer:
         self.incoming = IncomingWork()
         self._batcher: DynamicBatcher[ScoreJob, tuple[np.ndarray, np.ndarray, float]] = DynamicBatcher(
             self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, lanes=runtime.lanes,
-            upcoming=lambda: self.incoming.count, on_batch=self._on_batch, name="scorer",
+            upcoming=lambda: self.incoming.count, on_batch=self._on_batch, on_expired=self._on_expired,
+            name="scorer",
         )
 
     def start(self) -> None:
         self._batcher.start()
 
-    async def stop(self) -> None:
-        await self._batcher.stop()
+    async def stop(self, *, timeout: float = 30.0) -> None:
+        """Finish what is queued (for at most ``timeout`` s), then fail the rest with ModelNotReady."""
+        await self._batcher.stop(timeout=timeout)
 
     @property
     def queue_depth(self) -> int:
@@ -91,14 +94,31 @@ class Scorer:
             offset += n
         return out
 
+    @property
+    def retry_after_s(self) -> int:
+        """Retry-After of the DeadlineExceeded raised for jobs dropped at their deadline."""
+        return self._batcher.retry_after_s
+
+    @retry_after_s.setter
+    def retry_after_s(self, seconds: int) -> None:
+        self._batcher.retry_after_s = max(1, int(seconds))
+
+    def _on_expired(self, _weight: int) -> None:
+        metrics.set_queue_depth(self._batcher.queue_depth)
+
     @staticmethod
     def _on_batch(stats: BatchStats) -> None:
         metrics.observe_inference_batch(stats.size, alone=stats.alone)
 
-    async def score(self, panel_key: str, windows: np.ndarray, vectors: np.ndarray) -> Scored:
+    async def score(self, panel_key: str, windows: np.ndarray, vectors: np.ndarray, *,
+                    deadline: float | None = None) -> Scored:
+        """``deadline`` (``time.monotonic()``): not scored if still queued then (DeadlineExceeded)."""
         submitted = time.perf_counter()
         metrics.set_queue_depth(self._batcher.queue_depth + 1)
-        probs, attention, run_s = await self._batcher.submit(panel_key, ScoreJob(windows, vectors), weight=len(windows))
-        metrics.set_queue_depth(self._batcher.queue_depth)
+        try:
+            probs, attention, run_s = await self._batcher.submit(
+                panel_key, ScoreJob(windows, vectors), weight=len(windows), deadline=deadline)
+        finally:
+            metrics.set_queue_depth(self._batcher.queue_depth)
         total = time.perf_counter() - submitted
         return Scored(probs, attention, queue_s=max(total - run_s, 0.0), inference_s=run_s)

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from app.errors import ModelNotReady
-from app.serving.batching import BatchError, BatchStats, DynamicBatcher, IncomingWork
+from app.errors import DeadlineExceeded, ModelNotReady, Overloaded
+from app.serving.batching import AdmissionLimit, BatchError, BatchStats, DynamicBatcher, IncomingWork
 
 LIMIT = 10.0  # upper bound for any await in a test
 
@@ -341,3 +341,121 @@ def test_incoming_work_counts_until_arrival_or_exit():
         with incoming.expect():
             raise RuntimeError("upload refused")
     assert incoming.count == 0
+
+
+# --- deadlines and admission (bounded work overall) ------------------------------------------
+
+
+class Gate:
+    """A fn that blocks in its worker thread until ``release()``, recording what it ran."""
+
+    def __init__(self):
+        self.calls: list[list] = []
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def __call__(self, key, items, alone=True):
+        self.calls.append(list(items))
+        self.entered.set()
+        assert self.go.wait(LIMIT)
+        return [i * 10 for i in items]
+
+    def release(self):
+        self.go.set()
+
+
+def test_item_queued_past_its_deadline_is_failed_and_never_run():
+    fn = Gate()
+    expired: list[int] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=1, max_wait_s=0.0, on_expired=expired.append,
+                                  retry_after_s=7) as b:
+            first = asyncio.ensure_future(b.submit("k", 1))
+            await asyncio.get_running_loop().run_in_executor(None, fn.entered.wait, LIMIT)
+            # the only lane is busy: this one waits in the queue past its deadline
+            late = asyncio.ensure_future(b.submit("k", 2, weight=3, deadline=time.monotonic() + 0.05))
+            patient = asyncio.ensure_future(b.submit("k", 3, deadline=time.monotonic() + LIMIT))
+            await asyncio.sleep(0.2)
+            fn.release()
+            results = await asyncio.gather(first, late, patient, return_exceptions=True)
+            return results, b.queue_depth, b.queued_weight
+
+    (first, late, patient), depth, weight = run(main())
+    assert first == 10 and patient == 30
+    assert isinstance(late, DeadlineExceeded) and late.code == "deadline_exceeded"
+    assert late.retry_after_s == 7 and "not scored" in late.message
+    assert fn.calls == [[1], [3]]  # the expired item never reached fn
+    assert expired == [3]  # its weight, once
+    assert depth == 0 and weight == 0
+
+
+def test_submit_already_past_its_deadline_is_refused_at_once():
+    fn = Recorder()
+    expired: list[int] = []
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=4, max_wait_s=0.0, on_expired=expired.append) as b:
+            with pytest.raises(DeadlineExceeded):
+                await b.submit("k", 1, deadline=time.monotonic() - 0.001)
+            return await b.submit("k", 2, deadline=time.monotonic() + LIMIT)
+
+    assert run(main()) == 20
+    assert [items for _, items in fn.calls] == [[2]]
+    assert expired == [1]
+
+
+def test_cancelled_while_a_batch_runs_is_skipped_not_run():
+    """A caller that goes away (a disconnected client) while queued behind a running batch."""
+    fn = Gate()
+
+    async def main():
+        async with DynamicBatcher(fn, max_batch_size=1, max_wait_s=0.0) as b:
+            first = asyncio.ensure_future(b.submit("k", 1))
+            await asyncio.get_running_loop().run_in_executor(None, fn.entered.wait, LIMIT)
+            gone = asyncio.ensure_future(b.submit("k", 2))
+            await asyncio.sleep(0.01)
+            gone.cancel()
+            fn.release()
+            return await first, await asyncio.gather(gone, return_exceptions=True)
+
+    first, (gone,) = run(main())
+    assert first == 10 and isinstance(gone, asyncio.CancelledError)
+    assert fn.calls == [[1]]
+
+
+def test_admission_limit_admits_up_to_the_limit_then_refuses():
+    seen: list[int] = []
+    limit = AdmissionLimit(4, retry_after_s=3, on_change=seen.append)
+    with limit.admit() as resize_a:
+        resize_a(3)
+        assert limit.admitted == 3
+        with limit.admit() as _b:  # 3 + 1 fits
+            assert limit.admitted == 4
+            with pytest.raises(Overloaded) as refused, limit.admit():
+                pass
+            assert refused.value.code == "overloaded" and refused.value.retry_after_s == 3
+            assert refused.value.details == {"admitted": 4, "limit": 4}
+            assert "4 of 4 ECGs" in refused.value.message
+        assert limit.admitted == 3
+        with limit.admit() as resize_c:  # admitted as 1, but its 2 ECGs do not fit
+            with pytest.raises(Overloaded):
+                resize_c(2)
+            assert limit.admitted == 4  # still holding its 1 until the block ends
+        assert limit.admitted == 3
+    assert limit.admitted == 0
+    assert seen[-1] == 0 and max(seen) == 4
+
+
+def test_admission_limit_lets_one_oversized_request_run_alone():
+    limit = AdmissionLimit(2)
+    with limit.admit() as resize:
+        resize(10)  # nothing else admitted: allowed (otherwise it could never run)
+        assert limit.admitted == 10
+        with pytest.raises(Overloaded), limit.admit():
+            pass
+        resize(1)  # shrinking is always allowed
+        assert limit.admitted == 1
+    assert limit.admitted == 0
+    with pytest.raises(ValueError):
+        AdmissionLimit(0)
