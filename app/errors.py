@@ -110,3 +110,45 @@ class FetchError(ServiceError):
     """Downloading weights or tokenizer files failed."""
 
     code = "fetch_failed"
+
+
+# --- overload (bounded work overall) ---------------------------------------------------
+
+
+class Overloaded(ServiceError):
+    """The service has as much work queued as it may hold; the caller should retry later.
+
+    ``retry_after_s`` becomes the ``Retry-After`` header of the 503."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = max(1, int(retry_after_s))
+
+
+class DeadlineExceeded(Overloaded):
+    """The request waited past its deadline (ECGFM_REQUEST_DEADLINE_S) and was not scored."""
+
+    code = "deadline_exceeded"
+
+
+class ShuttingDown(Overloaded):
+    """The process is draining for shutdown (SIGTERM) and takes no new work."""
+
+    code = "shutting_down"
+
+
+# --- database (degrade, don't fail, when the database does) ---------------------------------
+
+
+class DatabaseUnavailable(ServiceError):
+    """The knowledge database cannot be reached, or did not answer within its timeout.
+
+    ``retry_after_s`` becomes the ``Retry-After`` header of the 503."""
+
+    code = "database_unavailable"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message, details=details)
+        self.retry_after_s = max(1, int(retry_after_s))

@@ -28,8 +28,10 @@ STATUS: list[tuple[type[E.ServiceError], int]] = [
     (E.InvalidInput, 400),
     (E.NotFound, 404),
     (E.Conflict, 409),
+    (E.Overloaded, 503),  # overloaded, deadline_exceeded, shutting_down (with Retry-After)
     (E.ModelNotReady, 503),
     (E.BundleError, 503),
+    (E.DatabaseUnavailable, 503),  # with Retry-After
     (BatchError, 500),
 ]
 UNMAPPED_STATUS = 500
@@ -39,8 +41,10 @@ HTTP_ERROR_CODES: dict[int, str] = {
     400: "invalid_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",  # the body did not arrive in time (app/api/middleware.py)
     413: "upload_too_large",
     415: "unsupported_format",
+    499: "client_disconnected",  # the client left mid-body; nobody reads this answer
 }
 OTHER_HTTP_ERROR_CODE = "http_error"
 VALIDATION_STATUS = 422  # parameters or a JSON body that fail FastAPI's validation
@@ -100,8 +104,10 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None, *
 
 async def _service_error(request: Request, exc: E.ServiceError) -> JSONResponse:
     metrics.record_error(exc.code)
+    retry_after = getattr(exc, "retry_after_s", None)  # Overloaded and its subclasses
+    headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
     return JSONResponse(error_body(exc.code, exc.message, exc.details, request_id=request_id_of(request)),
-                        status_code=status_for(exc))
+                        status_code=status_for(exc), headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -115,11 +121,35 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                         status_code=VALIDATION_STATUS)
 
 
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at this request's path (the router's own 405 names only
+    the first route that matched the path), for the ``Allow`` header."""
+    methods: set[str] = set()
+
+    def walk(routes: Any, path: str) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)  # an included APIRouter
+            if included is not None:
+                prefix = str(getattr(getattr(route, "include_context", None), "prefix", ""))
+                if path.startswith(prefix):
+                    walk(included.routes, path[len(prefix):])
+                continue
+            regex, route_methods = getattr(route, "path_regex", None), getattr(route, "methods", None)
+            if regex is not None and route_methods and regex.match(path):
+                methods.update(route_methods)
+
+    walk(getattr(request.app, "routes", ()), str(request.scope.get("path", "")))
+    return ", ".join(sorted(methods))
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = HTTP_ERROR_CODES.get(exc.status_code, OTHER_HTTP_ERROR_CODE)
     metrics.record_error(code)
+    headers = exc.headers
+    if exc.status_code == 405 and (allow := allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allow}
     return JSONResponse(error_body(code, str(exc.detail), request_id=request_id_of(request)),
-                        status_code=exc.status_code, headers=exc.headers)
+                        status_code=exc.status_code, headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -10,6 +10,13 @@ id, one access-log line, and the request metrics.
   headers, bodies, file names or anything else a caller sent: those can carry patient
   identifiers. Probes and scrapes (``/healthz``, ``/readyz``, ``/metrics``) log at DEBUG.
 * Metrics: counted and timed by route template, method and status (``app.ops.metrics``).
+* Request body guard (``receive`` wrapped with a byte counter and a deadline), for every route,
+  chunked or not: a body that declares (Content-Length) or reaches more than ``max_request_mb``
+  is refused with 413 as soon as the limit is passed, before the rest is read or written
+  anywhere; a body that has not fully arrived ``body_read_timeout_s`` after its first read is
+  refused with 408; a client that disconnects mid-body ends the request as 499 (client closed
+  request: an access line and a metric, never a 500). 408 and 413 close the connection. The
+  limits come from the ``settings`` given to the middleware, else from the loaded service's.
 
 Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs every request through
 an extra task and memory streams; measured on the 2-core reference machine it cost about
@@ -19,15 +26,19 @@ only wraps ``send`` to note the status code and add the header.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.ops import metrics
 from app.ops.logging import ACCESS_LOGGER
+from app.ops.settings import Settings
 
 REQUEST_ID_HEADER = "x-request-id"
 REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -48,6 +59,86 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away before the answer"
+CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection cannot be reused
+
+
+class BodyTooLarge(HTTPException):
+    """The request body passed ``max_request_mb`` (declared or counted while it streams)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(413, detail, headers=CLOSE)
+
+
+class BodyReadTimeout(HTTPException):
+    """The request body did not arrive in time (a slow or stalled upload)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(408, detail, headers=CLOSE)
+
+
+class ClientDisconnected(HTTPException):
+    """The client went away before its body had arrived; nobody reads the answer."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_CLOSED_REQUEST, "the client disconnected before sending the whole request body")
+
+
+def _declared_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"content-length":
+            text = value.decode("latin-1").strip()
+            return int(text) if text.isdigit() else None
+    return None
+
+
+def _body_limits(scope: Scope, settings: Settings | None) -> tuple[int, float]:
+    """(max body bytes, body read timeout s): the given settings, the loaded service's, or the defaults."""
+    if settings is None:
+        service: Any = getattr(getattr(scope.get("app"), "state", None), "service", None)
+        found = getattr(service, "settings", None)
+        settings = found if isinstance(found, Settings) else None
+    if settings is None:
+        fields = Settings.model_fields
+        return (int(float(fields["max_request_mb"].default) * 1024 * 1024),
+                float(fields["body_read_timeout_s"].default))
+    return int(settings.max_request_mb * 1024 * 1024), float(settings.body_read_timeout_s)
+
+
+def guarded_receive(receive: Receive, max_bytes: int, timeout_s: float, declared: int | None) -> Receive:
+    """``receive`` that refuses a body over ``max_bytes`` (BodyTooLarge), one that is not complete
+    ``timeout_s`` after its first read (BodyReadTimeout) and a disconnect mid-body (ClientDisconnected).
+    Once the body is complete, messages pass through untouched (e.g. a later wait for disconnect)."""
+    received = 0
+    complete = False
+    deadline: float | None = None
+
+    async def receive_guarded() -> Message:
+        nonlocal received, complete, deadline
+        if complete:
+            return await receive()
+        if declared is not None and declared > max_bytes:
+            raise BodyTooLarge(f"request body is {declared} bytes; the limit is {max_bytes} (ECGFM_MAX_REQUEST_MB)")
+        loop = asyncio.get_running_loop()
+        if deadline is None:
+            deadline = loop.time() + timeout_s
+        try:
+            message = await asyncio.wait_for(receive(), timeout=max(deadline - loop.time(), 0.0))
+        except TimeoutError:
+            raise BodyReadTimeout(f"the request body did not arrive within {timeout_s:g} s "
+                                  f"(ECGFM_BODY_READ_TIMEOUT_S); {received} bytes were received") from None
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > max_bytes:
+                raise BodyTooLarge(f"request body is more than {max_bytes} bytes, the limit (ECGFM_MAX_REQUEST_MB)")
+            complete = not message.get("more_body", False)
+        return message
+
+    return receive_guarded
+
+
 def endpoint_of(scope: Scope) -> str:
     """The matched route's template (the router puts the route into the shared scope)."""
     return str(getattr(scope.get("route"), "path", None) or metrics.UNMATCHED_ENDPOINT)
@@ -56,8 +147,9 @@ def endpoint_of(scope: Scope) -> str:
 class RequestObserver:
     """Request id, access-log line and metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
         self.app = app
+        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,6 +168,8 @@ class RequestObserver:
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]}
             await send(message)
 
+        max_bytes, timeout_s = _body_limits(scope, self.settings)
+        receive = guarded_receive(receive, max_bytes, timeout_s, _declared_length(scope))
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from app.knowledge.types import Label, LabelDraft, LabelSet, LabelSetDraft
 from app.serving.runtime import ModelInfo
@@ -27,6 +27,7 @@ class ErrorCode(StrEnum):
     unsafe_upload = "unsafe_upload"              # 400: path traversal or links in an upload
     not_found = "not_found"                      # 404: unknown label, label set, version or path
     method_not_allowed = "method_not_allowed"    # 405
+    request_timeout = "request_timeout"          # 408: the request body did not arrive in time
     conflict = "conflict"                        # 409: name taken, label still in a set
     upload_too_large = "upload_too_large"        # 413
     unsupported_format = "unsupported_format"    # 415: content type or file format not read
@@ -37,7 +38,12 @@ class ErrorCode(StrEnum):
     internal_error = "internal_error"            # 500: a bug; logged without request content
     batch_failed = "batch_failed"                # 500: the model run for a batch failed
     model_not_ready = "model_not_ready"          # 503: starting, or the model failed to load
+    overloaded = "overloaded"                    # 503 + Retry-After: too much work queued (R3)
+    deadline_exceeded = "deadline_exceeded"      # 503 + Retry-After: not scored within the request deadline
+    shutting_down = "shutting_down"              # 503 + Retry-After: the process is draining (SIGTERM)
     bundle_invalid = "bundle_invalid"            # 503: the model bundle cannot be used
+    database_unavailable = "database_unavailable"  # 503: knowledge database unreachable (Retry-After)
+    client_disconnected = "client_disconnected"  # 499: the client left mid-body (seen in metrics only)
     http_error = "http_error"                    # any other HTTP status the framework answers with
 
 
@@ -169,23 +175,35 @@ WELLENS: dict[str, Any] = {
 }
 
 
+# No NUL or other control characters in what labels store (PostgreSQL refuses NUL in text, and
+# they have no place in a name): the pattern is in the OpenAPI schema, so clients see the rule.
+# Names, versions, synonyms and codes: none at all; descriptions may hold tab and line breaks.
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+NAME_MAX = 200
+Name = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN)]
+ShortText = Annotated[str, StringConstraints(max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN)]
+LongText = Annotated[str, StringConstraints(max_length=4000, pattern=TEXT_PATTERN)]
+LABEL_ID_MAX = 2**31 - 1  # the largest id both databases can hold (PostgreSQL INTEGER)
+
+
 class LabelIn(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{**WELLENS, "label_sets": ["default"]}]})
 
-    name: str = Field(..., max_length=200, examples=["wellens syndrome"])
-    description: str = Field(
-        ..., max_length=4000,
+    name: Name = Field(..., examples=["wellens syndrome"])
+    description: LongText = Field(
+        ...,
         examples=["Biphasic or deeply inverted symmetric T waves in V2-V3 with little or no ST elevation ..."],
         description="the knowledge a clinician reads (and, with encode_text=description, what the model sees)",
     )
-    synonyms: list[str] = []
-    codes: dict[str, str] = Field({}, examples=[{"SNOMED CT": "164889003"}])
+    synonyms: list[ShortText] = []
+    codes: dict[Name, ShortText] = Field({}, examples=[{"SNOMED CT": "164889003"}])
     encode_text: Literal["name", "description"] = Field(
         "description",
         description="text sent to the text encoder: the name (as pretraining did for diagnoses it saw) "
         "or the description (recommended for new diagnoses)",
     )
-    label_sets: list[str] = Field([], description="existing label sets to append this label to")
+    label_sets: list[Name] = Field([], description="existing label sets to append this label to")
 
     def draft(self) -> LabelDraft:
         return LabelDraft(self.name, self.description, tuple(self.synonyms), dict(self.codes), self.encode_text,
@@ -222,9 +240,9 @@ class LabelSetIn(BaseModel):
         "labels": ["sinus rhythm", "atrial fibrillation", "atrial flutter"],
     }]})
 
-    name: str = Field(..., max_length=200)
-    description: str = ""
-    labels: list[str] = Field(..., min_length=1, description="label names, in order")
+    name: Name
+    description: LongText = ""
+    labels: list[Name] = Field(..., min_length=1, description="label names, in order")
 
     def draft(self) -> LabelSetDraft:
         return LabelSetDraft(self.name, self.description, tuple(self.labels))

@@ -33,6 +33,19 @@ class Settings(BaseSettings):
     # storage
     data_dir: Path = Field(Path("data"), description="where the default SQLite database lives")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<data_dir>/ecgfm-ked.sqlite3")
+    # degrade, don't fail, when the database does (app/knowledge/db.py, app/knowledge/guard.py)
+    database_connect_timeout_s: int = Field(3, ge=1, description="PostgreSQL connect_timeout (whole seconds)")
+    database_statement_timeout_s: float = Field(5.0, gt=0, description="PostgreSQL statement_timeout")
+    database_call_timeout_s: float = Field(
+        8.0, gt=0, description="longest a request waits for one knowledge-database call on PostgreSQL, also when "
+        "the server is frozen (also bounds waiting for a pooled connection); past it 503 database_unavailable")
+    database_busy_timeout_s: float = Field(30.0, gt=0, description="SQLite: longest wait for another writer's lock")
+    database_retry_after_s: int = Field(5, ge=1, description="Retry-After (seconds) sent with 503 "
+                                        "database_unavailable")
+    database_fallback_timeout_s: float = Field(
+        1.0, gt=0, description="how long /diagnose waits for the database before serving a label set it has "
+        "already used from memory (with the knowledge_from_cache warning)")
+    readiness_timeout_s: float = Field(1.0, gt=0, description="longest /readyz waits for the database")
 
     # logs: a level, or a level and logger=level pairs (app/ops/logging.py), e.g. INFO,app.access=WARNING
     log_level: str = Field("INFO", description="log levels, e.g. INFO or INFO,app.access=WARNING")
@@ -49,6 +62,17 @@ class Settings(BaseSettings):
     # queue and form the next batch (measured: waiting 5 ms only added latency on 2 cores)
     max_batch_wait_ms: float = Field(0.0, ge=0, description="longest a request waits for others to join its batch")
 
+    # bounded work overall. ~25 ECG/s on 2 cores (benchmarks/service_bench.py): 64 admitted ECGs is
+    # about 2.5 s of work, so an accepted request answers well inside the deadline
+    max_queued_ecgs: int = Field(64, ge=1, description="ECGs admitted to /diagnose at once (being read, queued or "
+                                 "scored); past it a request gets 503 overloaded with Retry-After")
+    request_deadline_s: float = Field(30.0, gt=0, description="a /diagnose request not scored this many seconds "
+                                      "after it arrived gets 503 deadline_exceeded and is never scored")
+    retry_after_s: int = Field(2, ge=1, description="Retry-After (seconds) sent with 503 overloaded / "
+                               "deadline_exceeded / shutting_down")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="after SIGTERM, how long in-flight requests may take "
+                                    "to finish before they are cancelled (uvicorn timeout_graceful_shutdown)")
+
     # threads that read and preprocess uploads: this work holds the GIL, so more threads only
     # contend for it (measured: one halved the CPU per request at concurrency 16 on 2 cores)
     request_threads: int = Field(1, ge=1, description="threads for reading and preprocessing uploads")
@@ -60,6 +84,8 @@ class Settings(BaseSettings):
     max_unpacked_mb: float = Field(200.0, gt=0)
     max_duration_s: float = Field(600.0, gt=0, description="longest record accepted")
     max_request_mb: float = Field(100.0, gt=0, description="largest request body (Content-Length) accepted")
+    # the whole body must arrive within this many seconds of its first read (else 408)
+    body_read_timeout_s: float = Field(60.0, gt=0, description="longest time a request body may take to arrive")
     max_ecgs_per_request: int = Field(32, ge=1)
     max_labels_per_request: int = Field(500, ge=1)
 

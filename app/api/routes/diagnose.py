@@ -7,12 +7,14 @@ is checked against ``DiagnoseJson``), so the request body is declared to OpenAPI
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from typing import Any, Literal
+from collections.abc import Coroutine
+from typing import Any, Literal, TypeVar
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
@@ -32,6 +34,7 @@ MULTIPART = "multipart/form-data"
 JSON = "application/json"
 HINT_FIELDS = ("sampling_rate", "units", "lead_names")  # accepted as form fields or query parameters
 router = APIRouter(tags=["diagnose"])
+T = TypeVar("T")
 
 
 # --- the request body, declared to OpenAPI ------------------------------------------------------
@@ -115,15 +118,51 @@ def _check_size(request: Request, limit_bytes: int) -> None:
         raise UploadTooLarge(f"request body is {int(length)} bytes; the limit is {limit_bytes} (ECGFM_MAX_REQUEST_MB)")
 
 
-async def _json_sources(request: Request) -> list[EcgSource]:
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: the standard parser keeps the last of two equal keys; refuse them."""
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def _parse_json_body(raw: bytes) -> list[EcgSource]:
+    """The JSON body -> one source per ECG. CPU work (a large body takes a good part of a
+    second): it runs in a worker thread, never on the event loop."""
     try:
-        body = DiagnoseJson.model_validate(json.loads(await request.body()))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"request body is not UTF-8 text: byte 0x{raw[exc.start]:02x} at position {exc.start} "
+                           "cannot be decoded; JSON must be sent as UTF-8") from None
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise InvalidInput(f"request body is not valid JSON: {exc.msg} at position {exc.pos}") from exc
+    except RecursionError:
+        raise InvalidInput("request body is not usable JSON: it is nested too deeply "
+                           "(an ECG request needs 4 levels)") from None
+    except _DuplicateKey as exc:
+        raise InvalidInput(f"request body names the key {exc.key[:100]!r} twice in one object; each key (and "
+                           "each lead) may be given once", details={"key": exc.key[:100]}) from None
+    try:
+        body = DiagnoseJson.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         raise InvalidInput(f"request body does not match the ECG schema: {problems}") from exc
     return [EcgSource(recording_from_arrays(e.leads, e.sampling_rate, e.units), ref=e.id) for e in body.ecgs]
+
+
+async def _json_sources(request: Request) -> list[EcgSource]:
+    raw = await request.body()
+    return await asyncio.to_thread(_parse_json_body, raw)
 
 
 def _form_hints(form: FormData, query: ReadHints) -> ReadHints:
@@ -216,24 +255,61 @@ async def diagnose(
                                                                 "field"),
     units: str | None = Query(None, description="for formats without units (CSV, NPY): mV, uV, V; or a form field"),
     lead_names: str | None = Query(None, description="comma-separated lead names for NPY arrays; or a form field"),
-) -> DiagnoseResponse | JSONResponse:
+) -> DiagnoseResponse | Response:
     timings = Timings()
     settings = state.settings
+    deadline = time.monotonic() + settings.request_deadline_s  # past it: 503 deadline_exceeded, never scored
     _check_size(request, int(settings.max_request_mb * 1024 * 1024))
     hints = ReadHints(sampling_rate=sampling_rate, units=units, lead_names=_lead_names(lead_names))
-    with state.diagnose.expect_request() as arrived:
+    service = state.diagnose
+    # admitted (else 503 overloaded / shutting_down with Retry-After) until the answer is ready
+    with service.admit() as resize, service.expect_request() as arrived:
         sources = await _read_sources(request, state, hints)
         if len(sources) > settings.max_ecgs_per_request:
             raise InvalidInput(f"{len(sources)} ECGs in one request; the limit is {settings.max_ecgs_per_request}")
+        resize(len(sources))
         timings.since("parse", timings.started)
         options = DiagnoseOptions(label_set=label_set, labels=tuple(labels or ()), top_k=top_k, threshold=threshold,
                                   pad=pad, aggregation=aggregation, include_windows=include_windows)
-        result = await state.diagnose.diagnose(sources, options, timings, request_id=_request_id(request),
-                                               arrived=arrived)
+        result = await _unless_disconnected(request, service.diagnose(
+            sources, options, timings, request_id=_request_id(request), arrived=arrived, deadline=deadline))
+    if result is None:  # the client went away: its work was withdrawn, not scored; nobody reads this
+        metrics.record_shed("abandoned")
+        return Response(status_code=CLIENT_GONE)
     metrics.observe_stage("total", time.perf_counter() - timings.started)
     if FHIR_JSON in request.headers.get("accept", ""):
         return JSONResponse(to_fhir_bundle(result), media_type=FHIR_JSON)
     return DiagnoseResponse.from_result(result)
+
+
+CLIENT_GONE = 499  # nginx's "client closed request": in the access log and metrics only
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    """Return when the client disconnects (the body has been read: ``receive`` has nothing else to say)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+    """Run ``work``; if the client disconnects first, cancel it (its queued ECGs are skipped by
+    the batcher, never scored) and return None."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:  # this route itself was cancelled (e.g. the shutdown grace period ended)
+        task.cancel()
+        watcher.cancel()
+        raise
+    watcher.cancel()
+    if not task.done() and watcher.done() and not watcher.cancelled() and watcher.exception() is not None:
+        return await task  # could not watch the connection (not a disconnect): just finish the work
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 def _request_id(request: Request) -> str:

@@ -4,11 +4,20 @@ thread pool, so database calls and text embedding never block the event loop."""
 from __future__ import annotations
 
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Path, Query, Response, status
 
 from app.api.openapi import error_responses
-from app.api.schemas import LabelIn, LabelOut, LabelSetIn, LabelSetOut
+from app.api.schemas import (
+    LABEL_ID_MAX,
+    NAME_MAX,
+    NO_CONTROL_PATTERN,
+    LabelIn,
+    LabelOut,
+    LabelSetIn,
+    LabelSetOut,
+)
 from app.api.state import ServiceState, StateDep
 from app.knowledge.types import Label
 from app.ops import metrics
@@ -16,6 +25,11 @@ from app.ops import metrics
 log = logging.getLogger(__name__)
 # Every route needs the loaded service (503 while it is not); the rest is declared per route.
 router = APIRouter(tags=["labels"], responses=error_responses(503))
+# Bounds the databases can hold (an id past 2^31 - 1 would be a database error, not a 404) and
+# no control characters (PostgreSQL refuses NUL): refused with 422 before any query, and declared.
+LabelId = Annotated[int, Path(ge=1, le=LABEL_ID_MAX, description="the label's id")]
+SetName = Annotated[str, Path(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN,
+                              description="the label set's name")]
 
 
 def _embed(state: ServiceState, label: Label) -> bool:
@@ -49,13 +63,13 @@ def create_label(body: LabelIn, state: StateDep) -> LabelOut:
 
 @router.get("/labels/{label_id}", operation_id="getLabel", response_model=LabelOut, summary="one label",
             responses=error_responses(404, 422))
-def get_label(label_id: int, state: StateDep) -> LabelOut:
+def get_label(label_id: LabelId, state: StateDep) -> LabelOut:
     return _out(state, state.store.get_label(label_id))
 
 
 @router.put("/labels/{label_id}", operation_id="updateLabel", response_model=LabelOut,
             summary="replace a label (its sets get new versions)", responses=error_responses(400, 404, 409, 422))
-def update_label(label_id: int, body: LabelIn, state: StateDep) -> LabelOut:
+def update_label(label_id: LabelId, body: LabelIn, state: StateDep) -> LabelOut:
     label = state.store.update_label(label_id, body.draft())
     log.info("label updated id=%s", label.id)
     return _out(state, label, embedded=_embed(state, label))
@@ -64,7 +78,7 @@ def update_label(label_id: int, body: LabelIn, state: StateDep) -> LabelOut:
 @router.delete("/labels/{label_id}", operation_id="deleteLabel", status_code=status.HTTP_204_NO_CONTENT,
                summary="delete a label; refused (409) while it belongs to a set unless force=true",
                responses=error_responses(404, 409, 422))
-def delete_label(label_id: int, state: StateDep, force: bool = Query(False)) -> Response:
+def delete_label(label_id: LabelId, state: StateDep, force: bool = Query(False)) -> Response:
     state.store.delete_label(label_id, force=force)
     log.info("label deleted id=%s force=%s", label_id, force)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -84,21 +98,23 @@ def create_label_set(body: LabelSetIn, state: StateDep) -> LabelSetOut:
 
 
 @router.get("/label-sets/{name}", operation_id="getLabelSet", response_model=LabelSetOut,
-            summary="a label set, now or at an earlier version", responses=error_responses(404))
-def get_label_set(name: str, state: StateDep,
-                  version: str | None = Query(None, description="an earlier version")) -> LabelSetOut:
+            summary="a label set, now or at an earlier version", responses=error_responses(404, 422))
+def get_label_set(name: SetName, state: StateDep,
+                  version: str | None = Query(None, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN,
+                                              description="an earlier version")) -> LabelSetOut:
     s = state.store.get_label_set_version(name, version) if version else state.store.get_label_set(name)
     return LabelSetOut.of(s)
 
 
 @router.put("/label-sets/{name}", operation_id="updateLabelSet", response_model=LabelSetOut,
             summary="replace a set's members (new version)", responses=error_responses(400, 404, 409, 422))
-def update_label_set(name: str, body: LabelSetIn, state: StateDep) -> LabelSetOut:
+def update_label_set(name: SetName, body: LabelSetIn, state: StateDep) -> LabelSetOut:
     return LabelSetOut.of(state.store.update_label_set(name, body.draft()))
 
 
 @router.delete("/label-sets/{name}", operation_id="deleteLabelSet", status_code=status.HTTP_204_NO_CONTENT,
-               summary="delete a set (its labels and version snapshots stay)", responses=error_responses(404))
-def delete_label_set(name: str, state: StateDep) -> Response:
+               summary="delete a set (its labels and version snapshots stay)",
+               responses=error_responses(404, 422))
+def delete_label_set(name: SetName, state: StateDep) -> Response:
     state.store.delete_label_set(name)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

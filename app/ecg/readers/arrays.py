@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from app.ecg.leads import canonical_lead
 from app.ecg.recording import Recording
 from app.ecg.units import check_sampling_rate, to_millivolts_factor
 from app.errors import InvalidInput
@@ -30,6 +31,20 @@ def _lead_array(name: object, values: object) -> np.ndarray:
     return array
 
 
+def _check_distinct_leads(names: Sequence[object]) -> None:
+    """Two spellings of one lead ("II" and "lead ii", "V1" and "C1") would leave one of them to
+    win silently; refuse them, naming both."""
+    seen: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str):
+            continue
+        key = canonical_lead(name) or name.strip().lower()
+        if key in seen:
+            raise InvalidInput(f"leads {seen[key]!r} and {name!r} are the same lead ({key}); give each lead once",
+                               details={"leads": [seen[key], name]})
+        seen[key] = name
+
+
 def recording_from_arrays(
     leads: Mapping[str, Sequence[float | None]], sampling_rate: float, units: str = "mV"
 ) -> Recording:
@@ -42,6 +57,7 @@ def recording_from_arrays(
         raise InvalidInput("no leads given; expected an object mapping lead names to samples")
     fs = check_sampling_rate(sampling_rate)
     factor = to_millivolts_factor(units)
+    _check_distinct_leads(list(leads))
     arrays = {name: _lead_array(name, values) for name, values in leads.items()}
     lengths = {name: array.size for name, array in arrays.items()}
     if len(set(lengths.values())) > 1:
