@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures.models"]
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.pg_cluster"]
 
 from pathlib import Path
 
 import pytest
-
 
 # --- ECG sample data (app/ecg tests) --------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.knowledge.test_db_faults import PgCluster
+from tests.fixtures.pg_cluster import PgCluster  # its `cluster` fixture comes from tests/conftest.py
 
 from ._server import Server, e07500_files
 
@@ -24,15 +24,6 @@ CALL_TIMEOUT_S = 3
 READINESS_TIMEOUT_S = 1
 RETRY_AFTER_S = 4
 BOUND_S = 10.0  # generous bound on any single answer while the database is down or frozen
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    c = PgCluster()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,15 +8,7 @@ timeout is checked on a real file with a second connection holding the write loc
 
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
-import pwd
-import shutil
-import signal
 import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,107 +21,9 @@ from app.knowledge import db
 from app.knowledge.guard import DatabaseGuard
 from app.knowledge.store import KnowledgeStore, LabelSetReader
 from app.knowledge.types import LabelDraft, LabelSetDraft
+from tests.fixtures.pg_cluster import PgCluster  # its `cluster` fixture comes from tests/conftest.py
 
 HANG_BOUND_S = 15.0  # generous: only catches a call that hangs instead of timing out
-
-
-def _pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(Path(p).parts[4]))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PgCluster:
-    """A throw-away PostgreSQL cluster of this test's own, on 127.0.0.1:<free port>."""
-
-    def __init__(self) -> None:
-        bindir = _pg_bin()
-        if bindir is None:
-            pytest.skip("no PostgreSQL server binaries under /usr/lib/postgresql/*/bin")
-        self.bindir = bindir
-        self.root = Path(tempfile.mkdtemp(prefix="ecgfm-pgfault-"))
-        self.data = self.root / "data"
-        self.log = self.root / "server.log"
-        self.port = _free_port()
-        self._user: list[str] = []
-        if os.geteuid() == 0:  # initdb refuses to run as root
-            try:
-                pw = pwd.getpwnam("postgres")
-            except KeyError:
-                pytest.skip("running as root and there is no 'postgres' user to own a test cluster")
-            os.chown(self.root, pw.pw_uid, pw.pw_gid)
-            self._user = ["runuser", "-u", "postgres", "--"]
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
-
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [*self._user, str(self.bindir / tool), *args]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        if done.returncode != 0:
-            raise AssertionError(f"{tool} failed ({done.returncode}): {done.stdout}\n{done.stderr}\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-    def start(self) -> None:
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", opts, "-w", "-t", "60", "start")
-
-    def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
-
-    def _pids(self) -> list[int]:
-        """The postmaster and every process it started (backends, checkpointer, ...)."""
-        postmaster = int((self.data / "postmaster.pid").read_text().splitlines()[0])
-        children = []
-        for stat in glob.glob("/proc/[0-9]*/stat"):
-            try:
-                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == postmaster:
-                children.append(int(Path(stat).parent.name))
-        return [postmaster, *children]
-
-    def freeze(self) -> None:
-        for pid in self._pids():
-            os.kill(pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        for pid in self._pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-
-    def close(self) -> None:
-        if (self.data / "postmaster.pid").exists():
-            try:
-                self.thaw()
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30", "stop")
-            except (AssertionError, OSError, ValueError):
-                pass
-        shutil.rmtree(self.root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[PgCluster]:
-    c = PgCluster()
-    try:
-        yield c
-    finally:
-        c.close()
-
 
 OPTIONS = db.DatabaseOptions(connect_timeout_s=2, statement_timeout_s=1.0, pool_timeout_s=3.0)
 
