@@ -16,7 +16,7 @@ id, one access-log line, and the request metrics.
   anywhere; a body that has not fully arrived ``body_read_timeout_s`` after its first read is
   refused with 408; a client that disconnects mid-body ends the request as 499 (client closed
   request: an access line and a metric, never a 500). 408 and 413 close the connection. The
-  limits come from the ``settings`` given to the middleware, else from the loaded service's.
+  limits come from the ``settings`` given to the middleware (the app's own, in ``create_app``).
 
 Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) runs every request through
 an extra task and memory streams; measured on the 2-core reference machine it cost about
@@ -31,7 +31,6 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -92,19 +91,6 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-def _body_limits(scope: Scope, settings: Settings | None) -> tuple[int, float]:
-    """(max body bytes, body read timeout s): the given settings, the loaded service's, or the defaults."""
-    if settings is None:
-        service: Any = getattr(getattr(scope.get("app"), "state", None), "service", None)
-        found = getattr(service, "settings", None)
-        settings = found if isinstance(found, Settings) else None
-    if settings is None:
-        fields = Settings.model_fields
-        return (int(float(fields["max_request_mb"].default) * 1024 * 1024),
-                float(fields["body_read_timeout_s"].default))
-    return int(settings.max_request_mb * 1024 * 1024), float(settings.body_read_timeout_s)
-
-
 def guarded_receive(receive: Receive, max_bytes: int, timeout_s: float, declared: int | None) -> Receive:
     """``receive`` that refuses a body over ``max_bytes`` (BodyTooLarge), one that is not complete
     ``timeout_s`` after its first read (BodyReadTimeout) and a disconnect mid-body (ClientDisconnected).
@@ -147,9 +133,10 @@ def endpoint_of(scope: Scope) -> str:
 class RequestObserver:
     """Request id, access-log line and metrics for every HTTP request."""
 
-    def __init__(self, app: ASGIApp, settings: Settings | None = None) -> None:
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
         self.app = app
-        self.settings = settings
+        self.max_body_bytes = int(settings.max_request_mb * 1024 * 1024)
+        self.body_read_timeout_s = float(settings.body_read_timeout_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,8 +155,7 @@ class RequestObserver:
                 message = {**message, "headers": [*headers, (REQUEST_ID_HEADER.encode(), request_id.encode())]}
             await send(message)
 
-        max_bytes, timeout_s = _body_limits(scope, self.settings)
-        receive = guarded_receive(receive, max_bytes, timeout_s, _declared_length(scope))
+        receive = guarded_receive(receive, self.max_body_bytes, self.body_read_timeout_s, _declared_length(scope))
         try:
             await self.app(scope, receive, send_with_request_id)
         finally:

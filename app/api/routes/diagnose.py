@@ -25,7 +25,7 @@ from app.api.schemas import DIAGNOSE_JSON_EXAMPLE, DIAGNOSE_RESPONSE_EXAMPLE, Di
 from app.api.state import ServiceState, StateDep
 from app.ecg.readers.arrays import recording_from_arrays
 from app.ecg.readers.base import ReadHints
-from app.errors import InvalidInput, UnsupportedFormat, UploadTooLarge
+from app.errors import InvalidInput, UnsupportedFormat
 from app.ops import metrics
 from app.usecases.diagnose import DiagnoseOptions, EcgSource, Timings
 
@@ -110,12 +110,6 @@ OPENAPI_EXTRA: dict[str, Any] = {
 
 
 # --- reading the request -------------------------------------------------------------------------
-
-
-def _check_size(request: Request, limit_bytes: int) -> None:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit_bytes:
-        raise UploadTooLarge(f"request body is {int(length)} bytes; the limit is {limit_bytes} (ECGFM_MAX_REQUEST_MB)")
 
 
 class _DuplicateKey(ValueError):
@@ -259,7 +253,7 @@ async def diagnose(
     timings = Timings()
     settings = state.settings
     deadline = time.monotonic() + settings.request_deadline_s  # past it: 503 deadline_exceeded, never scored
-    _check_size(request, int(settings.max_request_mb * 1024 * 1024))
+    # the body's size (declared or streamed) is bounded by app.api.middleware before it is read
     hints = ReadHints(sampling_rate=sampling_rate, units=units, lead_names=_lead_names(lead_names))
     service = state.diagnose
     # admitted (else 503 overloaded / shutting_down with Retry-After) until the answer is ready
