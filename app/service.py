@@ -88,7 +88,8 @@ def load_model(settings: Settings) -> ModelRuntime:
     return load_runtime(settings.bundle_dir, RuntimeOptions(provider=settings.provider,
                                                            intra_op_threads=settings.intra_op_threads,
                                                            lanes=settings.inference_lanes,
-                                                           precision=settings.precision))
+                                                           precision=settings.precision,
+                                                           thread_nice=settings.model_thread_nice))
 
 
 def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, seed_builtins: bool = True) -> Service:

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     inference_lanes: int = Field(
         0, ge=0, description="model calls that may run at once under load, each on intra_op_threads / lanes threads; "
         "a call with nothing else to do uses them all (0 = auto: 2 on a CPU with >= 2 cores, 1 on CUDA)")
+    model_thread_nice: int = Field(
+        5, ge=0, le=19, description="how much lower (nice) than the event loop the model's threads run (Linux), "
+        "so /healthz, 503s and request reading are scheduled at once while the model keeps the cores busy")
     precision: Literal["fp32", "int8", "fp16"] = Field(
         "fp32",
         description="ecg_tqn arithmetic: int8 needs ecg_tqn.int8.onnx from `ecgfm-ked quantize`; fp16 only on CUDA",

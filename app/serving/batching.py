@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from app.errors import DeadlineExceeded, ModelNotReady, Overloaded, ServiceError
+from app.serving.priority import lower_this_thread
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class DynamicBatcher(Generic[T, R]):
         on_expired: Callable[[int], None] | None = None,
         retry_after_s: int = 1,
         name: str = "batcher",
+        thread_nice: int = 0,
     ) -> None:
         if int(max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -108,6 +110,7 @@ class DynamicBatcher(Generic[T, R]):
         self._on_batch = on_batch
         self._on_expired = on_expired  # called with the weight of each item dropped at its deadline
         self.retry_after_s = int(retry_after_s)
+        self.thread_nice = thread_nice  # lane threads run this much lower than the event loop
         self.name = name
         self._pending: deque[_Pending] = deque()
         self._pending_weight = 0
@@ -154,7 +157,8 @@ class DynamicBatcher(Generic[T, R]):
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(self.lanes)
-        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.name}-worker")
+        self._executor = ThreadPoolExecutor(max_workers=self.lanes, thread_name_prefix=f"{self.name}-worker",
+                                            initializer=lower_this_thread, initargs=(self.thread_nice,))
         self._stopping = False
         self._collector = self._loop.create_task(self._collect(), name=f"{self.name}-collector")
 

@@ -28,6 +28,7 @@ import numpy as np
 from app.contract import ModelContract, reconcile
 from app.errors import BundleError, InvalidInput
 from app.serving import bundle as B
+from app.serving.priority import call_at_lower_priority
 from app.serving.tokenizer import load_tokenizer, pad, pad_id_of, token_ids
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ class RuntimeOptions:
     optimized_model_dir: Path | None = None  # cache of the optimised graphs (default: inside the bundle)
     # ecg_tqn variant: int8 / fp16 files written by `ecgfm-ked quantize` (fp16: CUDA only)
     precision: Precision = "fp32"
+    # how much lower (nice) than the event loop the model's threads run (app/serving/priority.py)
+    thread_nice: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,13 +151,18 @@ class ModelRuntime:
         self.prepared = precision == "fp32" and all(bundle.has(g) for g in B.PREPARED_GRAPHS)
         scoring_path = bundle.path(B.ECG_TQN_PREPARED) if self.prepared else tqn_path
         self._scoring_name = scoring_path.name
+        def session(path: Path, n_threads: int) -> ort.InferenceSession:
+            # created on a lower-priority thread: the session's intra-op threads inherit it
+            return call_at_lower_priority(lambda: self._session(path, requested, Path(cache_dir), n_threads),
+                                          options.thread_nice)
+
         for path in (scoring_path, bundle.path(B.ECG_ENCODER), bundle.path(B.TEXT_ENCODER),
                      *([bundle.path(B.LABEL_STATE)] if self.prepared else [])):
-            self._sessions[path.name] = self._session(path, requested, Path(cache_dir), threads)
+            self._sessions[path.name] = session(path, threads)
         in_use = self._sessions[self._scoring_name].get_providers()[0]
         self.lanes = resolve_lanes(options.lanes, in_use, threads)
         # one more scoring session for calls that share the cores with other calls (see score)
-        self._shared_scoring = (self._session(scoring_path, requested, Path(cache_dir), max(1, threads // self.lanes))
+        self._shared_scoring = (session(scoring_path, max(1, threads // self.lanes))
                                 if self.lanes > 1 else self._sessions[self._scoring_name])
         self.contract: ModelContract = reconcile(bundle.stated_contract, self._graph_sizes(),
                                                  source=str(bundle.root), leads=self._graph_leads())

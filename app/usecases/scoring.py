@@ -57,7 +57,7 @@ class Scorer:
         self._batcher: DynamicBatcher[ScoreJob, tuple[np.ndarray, np.ndarray, float]] = DynamicBatcher(
             self._run, max_batch_size=max_batch_size, max_wait_s=max_wait_s, lanes=runtime.lanes,
             upcoming=lambda: self.incoming.count, on_batch=self._on_batch, on_expired=self._on_expired,
-            name="scorer",
+            name="scorer", thread_nice=runtime.options.thread_nice,
         )
 
     def start(self) -> None:
