@@ -204,6 +204,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(Settings(**overrides))
 
 
+def _key_store(args: argparse.Namespace) -> Any:
+    """The service's key store (ECGFM_DATABASE_URL / ECGFM_DATA_DIR, or --database-url); no model is loaded."""
+    from app.access.keys import KeyStore
+    from app.knowledge.db import create_schema, make_engine
+    from app.ops.settings import Settings
+    from app.service import database_options
+
+    settings = Settings(**({"database_url": args.database_url} if args.database_url else {}))
+    if settings.database_url is None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url, database_options(settings))
+    create_schema(engine)
+    return KeyStore(engine)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from app.access.keys import parse_scope
+    from app.access.scopes import COMMAND_LINE
+
+    store = _key_store(args)
+    if args.keys_command == "create":
+        key, secret = store.create(args.name, parse_scope(args.scope), actor=COMMAND_LINE)
+        print(secret)  # alone on stdout, so KEY=$(ecgfm-ked keys create ...) works
+        _log(f"created API key {key.name!r} (scope {key.scope.value}, {key.prefix}...): it is shown this once; "
+             "send it as 'Authorization: Bearer KEY'")
+    elif args.keys_command == "list":
+        keys = store.list()
+        if args.active_only:
+            keys = [k for k in keys if k.active]
+        for k in keys:
+            state = "active" if k.active else f"revoked {k.revoked_at:%Y-%m-%d %H:%M:%S}Z"
+            print(f"{k.name}\t{k.scope.value}\t{k.prefix}...\t{state}\tcreated {k.created_at:%Y-%m-%d %H:%M:%S}Z "
+                  f"by {k.created_by}")
+    else:
+        key = store.revoke(args.name, actor=COMMAND_LINE)
+        _log(f"revoked API key {key.name!r}: other running processes stop accepting it within ECGFM_KEY_CACHE_S")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecgfm-ked", description=__doc__)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -279,6 +318,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 candidates to try (default: all)")
     q.add_argument("--repeats", type=int, default=5)
     q.set_defaults(func=cmd_quantize)
+
+    k = sub.add_parser("keys", help="API keys: create (shown once), list, revoke",
+                       description="API keys in the service's database (ECGFM_DATABASE_URL / ECGFM_DATA_DIR, or "
+                       "--database-url). Scopes: diagnose (score and read), labels (also change labels and label "
+                       "sets), admin (also manage keys, read the audit trail).")
+    k.add_argument("--database-url", help="SQLAlchemy URL of the service's database (default: the service's)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    kc = ksub.add_parser("create", help="make a key and print it (only the key, on stdout)")
+    kc.add_argument("--name", required=True, help="who holds it; recorded in the audit trail")
+    kc.add_argument("--scope", required=True, choices=["diagnose", "labels", "admin"])
+    kl = ksub.add_parser("list", help="every key: name, scope, prefix, state (never the keys)")
+    kl.add_argument("--active-only", action="store_true", help="only keys not revoked")
+    kr = ksub.add_parser("revoke", help="revoke a key by name")
+    kr.add_argument("--name", required=True)
+    k.set_defaults(func=cmd_keys)
 
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--bundle")

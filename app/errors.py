@@ -87,6 +87,21 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+# --- access (API keys) -------------------------------------------------------------------
+
+
+class Unauthenticated(ServiceError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "unauthenticated"
+
+
+class Forbidden(ServiceError):
+    """The key is valid but its scope does not allow this operation."""
+
+    code = "forbidden"
+
+
 # --- model --------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sqlalchemy import Engine, text
 
+from app.access.keys import KeyStore, KeyVerifier
 from app.ecg.uploads import UploadLimits
 from app.errors import DatabaseUnavailable
 from app.knowledge import db
@@ -51,6 +52,7 @@ class Service:
     scorer: Scorer
     diagnose: DiagnoseService
     limits: UploadLimits
+    keys: KeyVerifier
 
     def database_ok(self) -> bool:
         return self.database_problem() is None
@@ -120,7 +122,13 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
         max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
         label_sets=LabelSetReader(store, fallback_deadline_s=settings.database_fallback_timeout_s),
     )
-    return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings))
+    keys = KeyVerifier(KeyStore(engine, guard=guard), cache_s=settings.key_cache_s)
+    if settings.auth == "disabled":
+        log.warning("AUTHENTICATION IS DISABLED (ECGFM_AUTH=disabled): anyone who can reach this service may "
+                    "score, change every label and label set, and manage keys. Never run it like this where "
+                    "clinicians rely on the answers.")
+    return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings),
+                   keys)
 
 
 def database_options(settings: Settings) -> DatabaseOptions:

@@ -35,12 +35,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from service_bench import (  # noqa: E402  (the service benchmark's helpers: records, ports, RSS)
+    AUTH_HEADERS,
     FALLBACK_SAMPLES,
     ROOT,
     SAMPLES,
     build_bundle,
     free_port,
     log,
+    make_bench_key,
     record_files,
     sample_records,
 )
@@ -93,7 +95,7 @@ async def saturate(base: str, payloads: list[list[tuple[str, bytes]]], concurren
             i += concurrency
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits, headers=AUTH_HEADERS) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(loop(client, k) for k in range(concurrency)))
         return done / (time.perf_counter() - t0)
@@ -150,7 +152,7 @@ async def offer(base: str, payloads: list[list[tuple[str, bytes]]], rate: float,
 
     n = int(rate * seconds)
     limits = httpx.Limits(max_connections=max(64, int(rate * 4)), max_keepalive_connections=64)
-    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits, headers=AUTH_HEADERS) as client:
         side = [asyncio.ensure_future(probe()), asyncio.ensure_future(sample())]
         t0 = time.perf_counter()
         tasks = []
@@ -221,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = dict(kv.split("=", 1) for kv in args.env)
         env = {**os.environ, "ECGFM_DATA_DIR": str(Path(tmp) / "data"), **extra}
         env.pop("ECGFM_DATABASE_URL", None)
+        make_bench_key(env)
         with open(Path(tmp) / "server.log", "wb") as server_log:
             proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--bundle", str(bundle),
                                      "--host", "127.0.0.1", "--port", str(port)],
@@ -237,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.2)
-            settings = httpx.get(f"{base}/formats", timeout=10).json()
+            settings = httpx.get(f"{base}/formats", timeout=10, headers=AUTH_HEADERS).json()
             # keep the records the service scores (a sample folder may hold some it refuses, e.g. short ones)
             payloads = [pl for pl in payloads if httpx.post(
                 f"{base}/diagnose", files=[("files", (n, d, "application/octet-stream")) for n, d in pl],

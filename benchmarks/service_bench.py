@@ -148,7 +148,7 @@ async def drive(base: str, records: list[list[tuple[str, bytes]]], concurrency: 
                 stages.setdefault(k, []).append(float(v))
 
     limits = httpx.Limits(max_connections=concurrency + 2)
-    async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=300, limits=limits, headers=AUTH_HEADERS) as client:
         started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall, client_cpu = time.perf_counter() - started, time.process_time() - cpu_started
@@ -199,6 +199,18 @@ def calls_between(before: dict[str, float], after: dict[str, float]) -> dict[str
     }
 
 
+# The server requires API keys (the default): a diagnose-scope key made in its database before it starts,
+# sent by every client of the benchmarks (so the measured path includes the key check, as in production).
+AUTH_HEADERS: dict[str, str] = {}
+
+
+def make_bench_key(env: dict[str, str]) -> None:
+    secret = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--name", f"bench-{os.getpid()}",
+                             "--scope", "diagnose"], cwd=ROOT, env=env, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    AUTH_HEADERS["Authorization"] = f"Bearer {secret}"
+
+
 def bench_service(bundle: Path, records: list[Path], levels: list[int], n_requests: int | None, quick: bool, rounds: int,
                   warmup: int,
                   env_extra: dict[str, str], ready_timeout: float) -> dict[str, Any]:
@@ -211,6 +223,7 @@ def bench_service(bundle: Path, records: list[Path], levels: list[int], n_reques
         env = {**os.environ, "ECGFM_DATA_DIR": data_dir, "ECGFM_HOST": "127.0.0.1", "ECGFM_PORT": str(port),
                "ECGFM_WORKERS": "1", **env_extra}
         env.pop("ECGFM_DATABASE_URL", None)
+        make_bench_key(env)
         cmd = [sys.executable, "-m", "app.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
         server_log = Path(data_dir) / "server.log"
@@ -232,7 +245,7 @@ def bench_service(bundle: Path, records: list[Path], levels: list[int], n_reques
                 raise RuntimeError(f"service not ready (exit {proc.poll()}); log tail:\n"
                                    + server_log.read_text(errors="replace")[-2000:])
             log(f"service ready in {cold:.1f} s (pid {proc.pid}, port {port})")
-            info = httpx.get(f"{base}/model", timeout=10).json().get("model", {})
+            info = httpx.get(f"{base}/model", timeout=10, headers=AUTH_HEADERS).json().get("model", {})
             t = time.perf_counter()
             first = asyncio.run(drive(base, payloads, 1, 1))  # embeds the 71 label texts (cache miss)
             first_ms = (time.perf_counter() - t) * 1000

@@ -28,6 +28,8 @@ STATUS: list[tuple[type[E.ServiceError], int]] = [
     (E.InvalidInput, 400),
     (E.NotFound, 404),
     (E.Conflict, 409),
+    (E.Unauthenticated, 401),  # with WWW-Authenticate: Bearer
+    (E.Forbidden, 403),
     (E.Overloaded, 503),  # overloaded, deadline_exceeded, shutting_down (with Retry-After)
     (E.ModelNotReady, 503),
     (E.BundleError, 503),
@@ -106,6 +108,8 @@ async def _service_error(request: Request, exc: E.ServiceError) -> JSONResponse:
     metrics.record_error(exc.code)
     retry_after = getattr(exc, "retry_after_s", None)  # Overloaded and its subclasses
     headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+    if isinstance(exc, E.Unauthenticated):
+        headers = {"WWW-Authenticate": 'Bearer realm="ecgfm-ked"'}
     return JSONResponse(error_body(exc.code, exc.message, exc.details, request_id=request_id_of(request)),
                         status_code=status_for(exc), headers=headers)
 

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import errors, openapi
 from app.api.middleware import RequestObserver
-from app.api.routes import diagnose, health, labels
+from app.api.routes import audit, diagnose, health, keys, labels
 from app.api.server import on_shutdown_signal
 from app.api.state import ServiceState, build_state
 from app.errors import ServiceError
@@ -34,6 +34,7 @@ Every error answers `{"error": {"code", "message", "details"}, "request_id"}` (s
 TAGS = [
     {"name": "diagnose", "description": "score ECGs against a label set"},
     {"name": "labels", "description": "diagnosis labels and versioned label sets"},
+    {"name": "access", "description": "API keys and the audit trail (admin scope)"},
     {"name": "operations", "description": "health, readiness, the served model, formats, metrics"},
 ]
 
@@ -89,5 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(diagnose.router)
     app.include_router(labels.router)
+    app.include_router(keys.router)
+    app.include_router(audit.router)
     openapi.install(app)
     return app

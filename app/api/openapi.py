@@ -23,8 +23,11 @@ from app.api.schemas import ErrorBody
 
 ERROR_DESCRIPTIONS = {
     400: "invalid request",
+    401: "no API key, or an unknown or revoked one (send `Authorization: Bearer KEY`)",
+    403: "the API key's scope does not allow this operation",
     404: "unknown label, label set, version or path",
     405: "method not allowed on this path",
+    408: "the request body did not arrive in time (ECGFM_BODY_READ_TIMEOUT_S)",
     409: "conflict with what is stored",
     413: "body or upload too large",
     415: "unsupported content type or file format",
@@ -41,6 +44,8 @@ EXAMPLE_MESSAGES = {
     "not_found": "no label set named 'rhythm'",
     "method_not_allowed": "Method Not Allowed",
     "conflict": "a label named 'wellens syndrome' already exists (id 77)",
+    "unauthenticated": "this operation needs an API key: send `Authorization: Bearer KEY`",
+    "forbidden": "this operation needs a key with scope 'labels' or above; key 'ward-3' has 'diagnose'",
     "upload_too_large": "request body is 73400320 bytes; the limit is 52428800 (ECGFM_MAX_REQUEST_MB)",
     "unsupported_format": "content type 'text/plain' is not accepted; send multipart/form-data with ECG files "
                           "or application/json with lead arrays",
@@ -155,17 +160,34 @@ def _mark_binary_strings(node: Any) -> None:
             _mark_binary_strings(value)
 
 
+# What any operation that takes a request body can answer before the route sees it: an unparsable
+# body (FastAPI: 400 "There was an error parsing the body"), one that stalls (408) or one past the
+# size limit (413), from app.api.middleware's body guard. Declared on every such operation.
+BODY_ERROR_STATUSES = (400, 408, 413)
+
+
+def _declare_body_errors(operation: dict[str, Any]) -> None:
+    if "requestBody" not in operation:
+        return
+    responses = operation.setdefault("responses", {})
+    for status in BODY_ERROR_STATUSES:
+        responses.setdefault(str(status), {"description": ERROR_DESCRIPTIONS[status],
+                                           "content": {JSON: {"schema": {"$ref": ERROR_REF}}}})
+
+
 def finish_document(document: dict[str, Any]) -> dict[str, Any]:
     """Fix what FastAPI's generated document says, in place: FastAPI advertises its own 422
     schema (``HTTPValidationError``) where the service answers with ``ErrorBody``, puts error
-    schemas under the route's media type (text/plain for /metrics), and marks file fields in
-    a way the common tools do not read as files."""
+    schemas under the route's media type (text/plain for /metrics), marks file fields in
+    a way the common tools do not read as files, and leaves out the errors any request body
+    can get (``BODY_ERROR_STATUSES``)."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in _DECLARED_COMPONENTS.items():
         schemas.setdefault(name, schema)
     _mark_binary_strings(document)
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():
+            _declare_body_errors(operation)
             for status, response in operation.get("responses", {}).items():
                 if any(_is_error_schema(c.get("schema")) for c in response.get("content", {}).values()):
                     _declare_error_response(status, response)

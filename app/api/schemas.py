@@ -28,6 +28,8 @@ class ErrorCode(StrEnum):
     not_found = "not_found"                      # 404: unknown label, label set, version or path
     method_not_allowed = "method_not_allowed"    # 405
     request_timeout = "request_timeout"          # 408: the request body did not arrive in time
+    unauthenticated = "unauthenticated"          # 401: no API key, or an unknown or revoked one
+    forbidden = "forbidden"                      # 403: the key's scope does not allow the operation
     conflict = "conflict"                        # 409: name taken, label still in a set
     upload_too_large = "upload_too_large"        # 413
     unsupported_format = "unsupported_format"    # 415: content type or file format not read

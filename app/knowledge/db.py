@@ -134,6 +134,39 @@ builtin_seeds = Table(
 )
 
 
+# API keys (app/access/keys.py): only the SHA-256 of a key is stored; ``prefix`` (the key's first
+# characters) lets a person tell keys apart in `keys list` without the key itself.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False),
+    Column("name_key", String(200), nullable=False, unique=True),
+    Column("scope", String(16), nullable=False),
+    Column("secret_sha256", String(64), nullable=False, unique=True),
+    Column("prefix", String(16), nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("created_at", _utc(), nullable=False),
+    Column("revoked_at", _utc(), nullable=True),
+)
+
+# Every change of a label, label set or key (app/knowledge/audit.py): written in the transaction of
+# the change itself, so there is no change without its record. Never updated, never deleted.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", _utc(), nullable=False, index=True),
+    Column("actor", String(200), nullable=False, index=True),
+    Column("action", String(40), nullable=False),
+    Column("target_kind", String(16), nullable=False),
+    Column("target", String(200), nullable=False),
+    Column("before", JSON, nullable=True),
+    Column("after", JSON, nullable=True),
+    Column("request_id", String(128), nullable=True),
+)
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 

@@ -53,6 +53,14 @@ class Settings(BaseSettings):
     # logs: a level, or a level and logger=level pairs (app/ops/logging.py), e.g. INFO,app.access=WARNING
     log_level: str = Field("INFO", description="log levels, e.g. INFO or INFO,app.access=WARNING")
 
+    # access (app/access, app/api/auth.py): API keys with scopes, required unless turned off explicitly
+    auth: Literal["required", "disabled"] = Field(
+        "required", description="`required`: every route but health, metrics and the API documents needs "
+        "`Authorization: Bearer KEY`; `disabled`: anyone may do anything (logged loudly at start)")
+    key_cache_s: float = Field(
+        30.0, ge=0, description="how long a verified key is trusted before the database is asked again: the "
+        "bound on a revocation reaching other processes (a revocation through this process applies at once)")
+
     # serving
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -2,7 +2,8 @@
 ``fastapi.testclient.TestClient``, on the session's small exported bundle (``small_bundle``
 from tests/fixtures/models.py).
 
-* ``client``: one app per test module on a fresh SQLite file (starting the app loads three
+* ``client``: one app per test module, keys required, sending an admin key, on a fresh SQLite
+  file (starting the app loads three
   ONNX sessions and seeds the built-in knowledge, so modules share it; tests that change
   knowledge use names of their own).
 * ``app_settings``: Settings for apps a test starts itself (restarts, other databases,
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.access.scopes import COMMAND_LINE, Scope
 from app.api.main import create_app
 from app.ops.settings import Settings
 from tests.knowledge.conftest import _empty_postgres, postgres_url  # noqa: F401 - fixture re-used here
@@ -29,8 +31,11 @@ UPLOAD_PREFIX = "ecg-upload-"
 
 
 def make_settings(bundle_dir: Path, data_dir: Path, **overrides) -> Settings:
+    """Settings for an app a test starts itself. Authentication is off unless the test asks for it
+    (``auth="required"``): these apps test other things; the ``client`` fixture, tests/api/test_auth.py
+    and the schemathesis run use the default, keys required."""
     values = {"bundle_dir": bundle_dir, "data_dir": data_dir, "database_url": None, "provider": "cpu",
-              "intra_op_threads": 2}
+              "intra_op_threads": 2, "auth": "disabled"}
     values.update(overrides)
     return Settings(**values)
 
@@ -56,9 +61,16 @@ def app_settings(small_bundle: Path, tmp_path: Path) -> MakeSettings:
 @pytest.fixture(scope="module")
 def client(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
     data_dir = tmp_path_factory.mktemp("api-data")
-    app = create_app(make_settings(small_bundle, data_dir))
+    app = create_app(make_settings(small_bundle, data_dir, auth="required"))
     with TestClient(app) as c:
+        c.headers["Authorization"] = f"Bearer {make_key(c, 'tests-admin', Scope.admin)}"
         yield c
+
+
+def make_key(client: TestClient, name: str, scope: Scope) -> str:
+    """A new key of ``scope`` in the started app's database (as ``ecgfm-ked keys create`` would)."""
+    _key, secret = client.app.state.service.keys.store.create(name, scope, actor=COMMAND_LINE)  # type: ignore[attr-defined]
+    return secret
 
 
 @pytest.fixture

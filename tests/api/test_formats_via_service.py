@@ -41,7 +41,7 @@ BOUND = {
 @pytest.fixture(scope="module")
 def service(small_bundle, tmp_path_factory):
     data = tmp_path_factory.mktemp("formats-service")
-    app = create_app(Settings(bundle_dir=small_bundle, data_dir=data, max_batch_wait_ms=0))
+    app = create_app(Settings(bundle_dir=small_bundle, data_dir=data, max_batch_wait_ms=0, auth="disabled"))  # keys: tests/api/test_auth.py
     with TestClient(app) as client:
         yield client
 

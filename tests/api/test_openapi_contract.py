@@ -40,6 +40,8 @@ MY_OPERATION_IDS = {
     ("GET", "/label-sets"): "listLabelSets", ("POST", "/label-sets"): "createLabelSet",
     ("GET", "/label-sets/{name}"): "getLabelSet", ("PUT", "/label-sets/{name}"): "updateLabelSet",
     ("DELETE", "/label-sets/{name}"): "deleteLabelSet",
+    ("POST", "/keys"): "createKey", ("GET", "/keys"): "listKeys", ("DELETE", "/keys/{name}"): "revokeKey",
+    ("GET", "/audit"): "listAudit",
 }
 
 
@@ -151,6 +153,45 @@ def _formats(client: TestClient, unready: TestClient, contract: Contract) -> Non
     body = contract.check(client.get("/formats"), "GET", "/formats", 200)
     assert body["formats"] and body["json"]["content_type"] == "application/json"
     _check_error(contract, unready.get("/formats"), "GET", "/formats", 503, "model_not_ready")
+
+
+@scenario("POST", "/keys")
+def _create_key(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    body = contract.check(client.post("/keys", json={"name": "contract-key", "scope": "labels"}), "POST", "/keys", 201)
+    assert body["key"].startswith("ekd_") and body["active"]
+    _check_error(contract, client.post("/keys", json={"name": "CONTRACT-key", "scope": "labels"}), "POST", "/keys",
+                 409, "conflict")
+    _check_error(contract, client.post("/keys", json={"name": "x", "scope": "root"}), "POST", "/keys", 422,
+                 "invalid_request")
+    diagnose_only = client.post("/keys", json={"name": "contract-diagnose", "scope": "diagnose"}).json()["key"]
+    _check_error(contract, client.post("/keys", json={"name": "y", "scope": "admin"},
+                                       headers={"Authorization": f"Bearer {diagnose_only}"}),
+                 "POST", "/keys", 403, "forbidden")
+    _check_error(contract, client.post("/keys", json={"name": "y", "scope": "admin"}, headers={"Authorization": ""}),
+                 "POST", "/keys", 401, "unauthenticated")
+    _check_error(contract, unready.post("/keys", json={"name": "y", "scope": "admin"}), "POST", "/keys", 503,
+                 "model_not_ready")
+
+
+@scenario("GET", "/keys")
+def _list_keys(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    body = contract.check(client.get("/keys"), "GET", "/keys", 200)
+    assert body and all("key" not in k for k in body)
+
+
+@scenario("DELETE", "/keys/{name}")
+def _revoke_key(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    client.post("/keys", json={"name": "contract-revoked", "scope": "diagnose"})
+    assert client.delete("/keys/contract-revoked").status_code == 204
+    _check_error(contract, client.delete("/keys/no-such-key"), "DELETE", "/keys/{name}", 404, "not_found")
+
+
+@scenario("GET", "/audit")
+def _audit(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    client.post("/keys", json={"name": "contract-audited", "scope": "diagnose"})
+    body = contract.check(client.get("/audit", params={"limit": 5}), "GET", "/audit", 200)
+    assert body["events"] and body["events"][0]["action"].startswith("key.")
+    _check_error(contract, client.get("/audit", params={"limit": 0}), "GET", "/audit", 422, "invalid_request")
 
 
 @scenario("GET", "/metrics")

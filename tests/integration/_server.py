@@ -134,7 +134,9 @@ class ServerFactory:
         from tests.ops.conftest import free_port
 
         port = free_port()
-        extra = dict(env or {})
+        # keys off unless the test turns them on (ECGFM_AUTH=required): these servers test other things;
+        # tests/api/test_auth.py checks keys on a real server too
+        extra = {"ECGFM_AUTH": "disabled", **(env or {})}
         extra["ECGFM_DATA_DIR"] = str(data_dir or (self.workdir / f"data-{name}"))
         if database_url:
             extra["ECGFM_DATABASE_URL"] = database_url

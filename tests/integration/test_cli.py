@@ -87,7 +87,7 @@ def comparable(response: dict[str, Any]) -> dict[str, Any]:
 def site(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A data directory whose SQLite database the real app has seeded (as a running site's)."""
     data_dir = tmp_path_factory.mktemp("site-data")
-    settings = Settings(bundle_dir=bundle_dir, data_dir=data_dir, database_url=None, provider="cpu")
+    settings = Settings(bundle_dir=bundle_dir, data_dir=data_dir, database_url=None, provider="cpu", auth="disabled")
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").status_code == 200
     return data_dir
@@ -104,7 +104,7 @@ def test_diagnose_gives_the_api_answer_for_a_site_label_set(bundle_dir: Path, tm
     """The key promise: one scoring path. A label set registered through the API on the site's
     database is scored by the command line with the same probabilities (1e-6) and the same answer."""
     data_dir = tmp_path / "site"
-    settings = Settings(bundle_dir=bundle_dir, data_dir=data_dir, database_url=None, provider="cpu")
+    settings = Settings(bundle_dir=bundle_dir, data_dir=data_dir, database_url=None, provider="cpu", auth="disabled")
     members = ["sinus bradycardia", "atrial fibrillation", "right bundle branch block", "sinus rhythm"]
     with TestClient(create_app(settings)) as client:
         created = client.post("/label-sets", json={"name": "ward-rhythm", "labels": members})

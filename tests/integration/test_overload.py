@@ -239,7 +239,7 @@ def test_draining_service_answers_503_shutting_down(bundle_dir, tmp_path) -> Non
     from app.api.main import create_app
     from app.ops.settings import Settings
 
-    settings = Settings(bundle_dir=bundle_dir, data_dir=tmp_path / "data", provider="cpu", retry_after_s=4)
+    settings = Settings(bundle_dir=bundle_dir, data_dir=tmp_path / "data", provider="cpu", retry_after_s=4, auth="disabled")
     with TestClient(create_app(settings)) as client:
         assert client.post("/diagnose", files=e07500_files()).status_code == 200
         client.app.state.service.diagnose.start_draining()  # what the SIGTERM handler does

@@ -97,11 +97,15 @@ def lean_server(lean_venv: Path, small_bundle: Path, tmp_path: Path) -> Iterator
     cmd = [str(lean_venv / "bin" / "ecgfm-ked"), "serve", "--bundle", str(small_bundle), "--host", "127.0.0.1",
            "--port", str(port)]
     env = _outside_env(ECGFM_DATA_DIR=str(tmp_path / "data"), ECGFM_PROVIDER="cpu")
+    # keys are required: the lean install's own command line makes one, as an operator would
+    key = subprocess.run([str(lean_venv / "bin" / "ecgfm-ked"), "keys", "create", "--name", "lean-test", "--scope",
+                          "diagnose"], cwd=tmp_path, env=env, check=True, capture_output=True, text=True).stdout.strip()
     with log_path.open("wb") as log:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     server = Server("lean", port, proc, log_path, started)
+    server.key = key  # type: ignore[attr-defined]
     try:
         server.wait_ready(timeout=180)
         yield server
@@ -113,7 +117,8 @@ def lean_server(lean_venv: Path, small_bundle: Path, tmp_path: Path) -> Iterator
 
 
 def test_serving_install_serves_diagnose_on_cpu(lean_server: Server) -> None:
-    with lean_server.client(timeout=120.0) as client:
+    with lean_server.client(timeout=120.0, headers={"Authorization": f"Bearer {lean_server.key}"}) as client:
+        assert client.post("/diagnose", headers={"Authorization": ""}).status_code == 401
         response = client.post("/diagnose", params={"label_set": "cinc2021", "top_k": 3}, files=e07500_files())
         assert response.status_code == 200, response.text
         body = response.json()

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+from app.api.auth import DiagnoseActor
 from app.api.errors import request_id_of
 from app.api.fhir import to_fhir_bundle
 from app.api.openapi import component, error_responses, model_component
@@ -230,12 +231,13 @@ async def _read_sources(request: Request, state: ServiceState, hints: ReadHints)
         "Several ECGs are scored as one batch. Ask for `Accept: application/fhir+json` to get a FHIR R4 Bundle. "
         "`sampling_rate`, `units` and `lead_names` may be sent as form fields or query parameters."
     ),
-    responses=error_responses(400, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
     openapi_extra=OPENAPI_EXTRA,
 )
 async def diagnose(
     request: Request,
     state: StateDep,
+    _actor: DiagnoseActor,
     label_set: str | None = Query(None, description="label set name (default: the service's default set)"),
     labels: list[str] | None = Query(None, description="explicit registered label names, scored together in this "
                                                        "order"),

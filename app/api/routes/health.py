@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from app.api.auth import DiagnoseActor
 from app.api.openapi import error_responses
 from app.api.schemas import (
     FormatOut,
@@ -63,15 +64,15 @@ async def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/model", operation_id="getModel", response_model=ModelDescriptionOut,
-            summary="the model being served and its bundle manifest", responses=error_responses(503))
-async def model(state: StateDep) -> ModelDescriptionOut:
+            summary="the model being served and its bundle manifest", responses=error_responses(401, 403, 503))
+async def model(state: StateDep, _actor: DiagnoseActor) -> ModelDescriptionOut:
     manifest: dict[str, Any] = dict(state.runtime.bundle.manifest)
     return ModelDescriptionOut(model=ServedModel(**state.runtime.info.as_dict()), manifest=manifest)
 
 
 @router.get("/formats", operation_id="listFormats", response_model=FormatsOut,
-            summary="accepted ECG formats and input limits", responses=error_responses(503))
-async def formats(state: StateDep) -> FormatsOut:
+            summary="accepted ECG formats and input limits", responses=error_responses(401, 403, 503))
+async def formats(state: StateDep, _actor: DiagnoseActor) -> FormatsOut:
     s = state.settings
     limits = InputLimits(
         max_upload_mb=s.max_upload_mb, max_files=s.max_files, max_archive_members=s.max_archive_members,
