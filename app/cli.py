@@ -323,14 +323,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="API keys in the service's database (ECGFM_DATABASE_URL / ECGFM_DATA_DIR, or "
                        "--database-url). Scopes: diagnose (score and read), labels (also change labels and label "
                        "sets), admin (also manage keys, read the audit trail).")
-    k.add_argument("--database-url", help="SQLAlchemy URL of the service's database (default: the service's)")
+    database_help = "SQLAlchemy URL of the service's database (default: the service's)"
+    k.add_argument("--database-url", help=database_help)
+    # also after the subcommand (``keys list --database-url URL``); not given there, the one before it stands
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument("--database-url", default=argparse.SUPPRESS, help=database_help)
     ksub = k.add_subparsers(dest="keys_command", required=True)
-    kc = ksub.add_parser("create", help="make a key and print it (only the key, on stdout)")
+    kc = ksub.add_parser("create", parents=[database], help="make a key and print it (only the key, on stdout)")
     kc.add_argument("--name", required=True, help="who holds it; recorded in the audit trail")
     kc.add_argument("--scope", required=True, choices=["diagnose", "labels", "admin"])
-    kl = ksub.add_parser("list", help="every key: name, scope, prefix, state (never the keys)")
+    kl = ksub.add_parser("list", parents=[database], help="every key: name, scope, prefix, state (never the keys)")
     kl.add_argument("--active-only", action="store_true", help="only keys not revoked")
-    kr = ksub.add_parser("revoke", help="revoke a key by name")
+    kr = ksub.add_parser("revoke", parents=[database], help="revoke a key by name")
     kr.add_argument("--name", required=True)
     k.set_defaults(func=cmd_keys)
 

@@ -6,7 +6,9 @@ id, one access-log line, and the request metrics.
   read ``request.state.request_id``) and echoed in the response's ``X-Request-ID`` header.
 * Access log: one line on the ``app.access`` logger (app/ops/logging.py) with the method, the
   route template (``/labels/{label_id}``, never the filled-in path; ``<unmatched>`` for paths
-  that matched no route), the status, the duration and the request id. Never query strings,
+  that matched no route), the status, the duration, the request id and, for a call made with an
+  API key, the key's name (``actor="ward-3"``, JSON-quoted; set by app/api/auth.py in
+  ``scope["state"]["actor"]``; never the key). Never query strings,
   headers, bodies, file names or anything else a caller sent: those can carry patient
   identifiers. Probes and scrapes (``/healthz``, ``/readyz``, ``/metrics``) log at DEBUG.
 * Metrics: counted and timed by route template, method and status (``app.ops.metrics``).
@@ -27,6 +29,7 @@ only wraps ``send`` to note the status code and add the header.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -35,6 +38,7 @@ import uuid
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.access.scopes import Actor
 from app.ops import metrics
 from app.ops.logging import ACCESS_LOGGER
 from app.ops.settings import Settings
@@ -130,6 +134,13 @@ def endpoint_of(scope: Scope) -> str:
     return str(getattr(scope.get("route"), "path", None) or metrics.UNMATCHED_ENDPOINT)
 
 
+def _key_name(scope: Scope) -> str | None:
+    """The name of the API key the request was made with (app/api/auth.py), None without one
+    (public routes, refused keys, ``ECGFM_AUTH=disabled``)."""
+    actor = scope.get("state", {}).get("actor")
+    return actor.name if isinstance(actor, Actor) and actor.authenticated else None
+
+
 class RequestObserver:
     """Request id, access-log line and metrics for every HTTP request."""
 
@@ -163,8 +174,11 @@ class RequestObserver:
             endpoint = endpoint_of(scope)
             if endpoint not in NOT_RECORDED:
                 metrics.record_http_request(endpoint, scope["method"], status, seconds)
+            actor = _key_name(scope)
             access_log.log(logging.DEBUG if endpoint in QUIET_ENDPOINTS else logging.INFO,
-                           "method=%s path=%s status=%d duration_ms=%.1f request_id=%s",
+                           "method=%s path=%s status=%d duration_ms=%.1f request_id=%s%s",
                            scope["method"], endpoint, status, seconds * 1000, request_id,
+                           "" if actor is None else f" actor={json.dumps(actor, ensure_ascii=False)}",
                            extra={"method": scope["method"], "endpoint": endpoint, "status": status,
-                                  "duration_ms": round(seconds * 1000, 1), "request_id": request_id})
+                                  "duration_ms": round(seconds * 1000, 1), "request_id": request_id,
+                                  "actor": actor})

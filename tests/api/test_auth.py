@@ -51,8 +51,9 @@ def operations(client: TestClient) -> list[tuple[str, str, str]]:
     return found
 
 
-def anonymous(client: TestClient, method: str, path: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    return client.request(method, path, headers={"Authorization": ""}, **kwargs)  # type: ignore[arg-type]
+def anonymous(client: TestClient, method: str, path: str, headers: dict[str, str] | None = None,
+              **kwargs: object):  # type: ignore[no-untyped-def]
+    return client.request(method, path, headers={**(headers or {}), "Authorization": ""}, **kwargs)  # type: ignore[arg-type]
 
 
 def test_every_guarded_route_refuses_anonymous_callers(client: TestClient) -> None:
@@ -65,6 +66,26 @@ def test_every_guarded_route_refuses_anonymous_callers(client: TestClient) -> No
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         assert anonymous(client, "GET", path).status_code == 200, path
+
+
+def test_the_key_is_checked_before_the_body_and_the_path_are_read(client: TestClient) -> None:
+    """A caller without a valid key learns nothing from the request's shape: a body that is not
+    JSON, a body of the wrong schema and a label id that is not a number all get 401 (403 for a
+    key too narrow), never the 400/422 that would describe the schema (FastAPI reads a declared
+    body before it runs dependencies; app/api/auth.py KeyFirstRoute checks the key first)."""
+    narrow = {"Authorization": f"Bearer {make_key(client, 'before-body-diagnose', Scope.diagnose)}"}
+    json_type = {"Content-Type": "application/json"}
+    bad = {"not json": b"{not json", "wrong schema": b'{"name": 7, "unexpected": []}'}
+    writes = [("POST", "/labels"), ("PUT", "/labels/1"), ("POST", "/label-sets"), ("PUT", "/label-sets/default"),
+              ("POST", "/keys")]
+    for method, path in writes:
+        for what, body in bad.items():
+            r = anonymous(client, method, path, headers=json_type, content=body)
+            assert r.status_code == 401, (method, path, what, r.status_code, r.text)
+            r = client.request(method, path, headers={**narrow, **json_type}, content=body)
+            assert r.status_code == 403, (method, path, what, r.status_code, r.text)
+    for method in ("GET", "PUT", "DELETE"):
+        assert anonymous(client, method, "/labels/not-a-number").status_code == 401, method
 
 
 def test_a_wrong_or_malformed_key_is_401(client: TestClient) -> None:
@@ -107,6 +128,10 @@ def test_keys_through_the_api_and_revocation(client: TestClient, caplog: pytest.
     assert client.delete("/keys/no-such-key").status_code == 404
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert secret not in logged and secret[len("ekd_"):] not in logged
+    # the access log line of a call made with a key names the key (never the key itself)
+    access = [r.getMessage() for r in caplog.records if r.name == "app.access" and "path=/formats" in r.getMessage()]
+    assert access and 'actor="ward-9-cart"' in access[0], access
+    assert 'actor="ward-9-cart"' not in access[-1]  # the refused call: no key accepted, no name
 
 
 def test_openapi_declares_the_bearer_scheme_per_operation(client: TestClient) -> None:

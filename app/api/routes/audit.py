@@ -9,13 +9,13 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 
-from app.api.auth import AdminActor
+from app.api.auth import AdminActor, KeyFirstRoute
 from app.api.openapi import error_responses
 from app.api.schemas import NAME_MAX, NO_CONTROL_PATTERN
 from app.api.state import StateDep
 from app.knowledge import audit
 
-router = APIRouter(tags=["access"], responses=error_responses(401, 403, 503))
+router = APIRouter(route_class=KeyFirstRoute, tags=["access"], responses=error_responses(401, 403, 503))
 
 
 class AuditEventOut(BaseModel):

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
-from app.api.auth import DiagnoseActor
+from app.api.auth import DiagnoseActor, KeyFirstRoute
 from app.api.errors import request_id_of
 from app.api.fhir import to_fhir_bundle
 from app.api.openapi import component, error_responses, model_component
@@ -34,7 +34,7 @@ FHIR_JSON = "application/fhir+json"
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 HINT_FIELDS = ("sampling_rate", "units", "lead_names")  # accepted as form fields or query parameters
-router = APIRouter(tags=["diagnose"])
+router = APIRouter(route_class=KeyFirstRoute, tags=["diagnose"])
 T = TypeVar("T")
 
 

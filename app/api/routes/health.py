@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from app.api.auth import DiagnoseActor
+from app.api.auth import DiagnoseActor, KeyFirstRoute
 from app.api.openapi import error_responses
 from app.api.schemas import (
     FormatOut,
@@ -26,7 +26,7 @@ from app.api.state import StateDep
 from app.ecg.readers import formats as reader_formats
 from app.ops import metrics
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(route_class=KeyFirstRoute, tags=["operations"])
 
 JSON_BODY_SHAPE = '{"ecgs": [{"sampling_rate": 500, "units": "mV", "leads": {"I": [...], ...}}]}'
 METRICS_EXAMPLE = (

@@ -12,13 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.access.keys import ApiKey
 from app.access.scopes import Scope
-from app.api.auth import AdminActor
+from app.api.auth import AdminActor, KeyFirstRoute
 from app.api.errors import request_id_of
 from app.api.openapi import error_responses
 from app.api.schemas import NAME_MAX, NO_CONTROL_PATTERN, Name
 from app.api.state import StateDep
 
-router = APIRouter(tags=["access"], responses=error_responses(401, 403, 503))
+router = APIRouter(route_class=KeyFirstRoute, tags=["access"], responses=error_responses(401, 403, 503))
 KeyName = Annotated[str, Path(min_length=1, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN,
                               description="the key's name")]
 

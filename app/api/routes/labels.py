@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from app.api.auth import DiagnoseActor, LabelsActor
+from app.api.auth import DiagnoseActor, KeyFirstRoute, LabelsActor
 from app.api.openapi import error_responses
 from app.api.schemas import (
     LABEL_ID_MAX,
@@ -25,7 +25,7 @@ from app.ops import metrics
 
 log = logging.getLogger(__name__)
 # Every route needs the loaded service (503 while it is not); the rest is declared per route.
-router = APIRouter(tags=["labels"], responses=error_responses(401, 403, 503))
+router = APIRouter(route_class=KeyFirstRoute, tags=["labels"], responses=error_responses(401, 403, 503))
 # Bounds the databases can hold (an id past 2^31 - 1 would be a database error, not a 404) and
 # no control characters (PostgreSQL refuses NUL): refused with 422 before any query, and declared.
 LabelId = Annotated[int, Path(ge=1, le=LABEL_ID_MAX, description="the label's id")]
