@@ -33,10 +33,14 @@ class Recording:
     source_format: str
     warnings: list[SignalWarning] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-    # per lead, the gain the file declares (digital units per physical unit: WFDB's ADC gain,
-    # EDF's digital/physical range ratio), where the format has one; None where it has none.
-    # Preprocessing warns about a negative one (``negative_gain``): the reader applied it as
-    # declared, so that lead's polarity is the file's word, and it is rarely meant.
+    # per lead, the gain the file declares, in one convention for every format: digital units
+    # per millivolt (WFDB's ADC gain over its units, EDF's digital/physical range ratio, the
+    # inverse of an LSB size such as DICOM's sensitivity or MUSE's units per bit, converted to
+    # mV), with the sign the file declares; None where the format has none (CSV, NPY, HDF5,
+    # MATLAB, JSON arrays). Readers refuse a zero or non-finite one (MalformedFile: it cannot
+    # convert digits to mV). Preprocessing warns about a negative one (``negative_gain``): the
+    # reader applied it as declared, so that lead's polarity is the file's word, and it is
+    # rarely meant.
     gains: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:

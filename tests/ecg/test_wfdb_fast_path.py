@@ -297,10 +297,19 @@ def test_header_defaults_as_wfdb_reads_them(tmp_path: Path) -> None:
         "100(3) 16 0 0 0 0 no units",
         "1e3(-4)/mV 16 0 0 0 0 exp\tafter tab",
     ])
-    _assert_fast_parity(header)
     plan = _plan(header)
+    assert plan is not None
     assert [c.gain for c in plan.channels] == [200.0, 200.0, 100.0, 100.0, 1000.0]
     assert [c.baseline for c in plan.channels] == [0, 0, 7, 3, -4]
+    signals, _, _ = W._decode_simple(plan, header.name)
+    assert np.array_equal(signals, _reference(header).p_signal.T, equal_nan=True)
+    # ... but the reader refuses a gain stated as 0 ("no amplitude calibration" in WFDB):
+    # tests/formats/test_gains.py
+    with pytest.raises(MalformedFile) as refused:
+        READER.read(header, HINTS)
+    assert refused.value.details["leads"] == ["zero gain"]
+    header.write_text(header.read_text().replace(" 0/mV ", " 200/mV "))
+    _assert_fast_parity(header)
     rec = READER.read(header, HINTS)
     assert rec.lead_names == ("signal1", "zero gain", "adc zero", "no units", "exp")
     assert rec.metadata["units_in"] == ["mV"]

@@ -1,6 +1,9 @@
-"""Small checks the format readers share: hinted rate and units, numbers, missing samples."""
+"""Small checks the format readers share: hinted rate and units, numbers, missing samples, gains."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -95,3 +98,37 @@ def nonfinite_warning(signals: np.ndarray, names: tuple[str, ...]) -> list[Signa
             leads,
         )
     ]
+
+
+def gain_per_mv(digits_per_unit: float, mv_per_unit: float) -> float:
+    """A gain stated in digital units per physical unit, as digits per millivolt
+    (``Recording.gains``' one convention): 200 adu/mV stays 200, 0.2 adu/uV becomes 200."""
+    return digits_per_unit / mv_per_unit
+
+
+def gain_from_resolution(units_per_digit: float, mv_per_unit: float) -> float:
+    """A resolution stated in physical units per digit (an LSB size: 4.88 uV, 5 uV) as a gain in
+    digits per millivolt; the sign the file declares is kept (a negative resolution inverts)."""
+    return 1.0 / (units_per_digit * mv_per_unit)
+
+
+def refuse_unusable_gains(values: Sequence[float], leads: Sequence[str], *, label: str, field: str) -> None:
+    """MalformedFile naming the leads whose declared ``field`` (a gain, a resolution, a range) is
+    zero or not finite.
+
+    Such a value does not convert digits to millivolts at all: zero makes every sample 0 (or
+    divides by zero), infinity makes every sample 0 or inf, NaN makes every sample NaN. Reading
+    on would hand preprocessing a flat or missing lead whose cause is lost, so the file is
+    refused where the value is read, with the field and leads named (details: ``leads``,
+    ``field``, ``values`` as text, because JSON has no inf or NaN).
+    """
+    bad = [(lead, v) for lead, v in zip(leads, values, strict=True) if v == 0 or not math.isfinite(v)]
+    if not bad:
+        return
+    names = [lead for lead, _ in bad]
+    shown = [f"{v:g}" for _, v in bad]
+    raise MalformedFile(
+        f"{label}: {field} is zero or not finite for lead(s) {', '.join(names)} "
+        f"({', '.join(sorted(set(shown)))}); the samples cannot be converted to millivolts",
+        details={"leads": names, "field": field, "values": shown},
+    )

@@ -1,4 +1,7 @@
-"""Build a ``Recording`` from in-memory arrays (the JSON API body)."""
+"""Build a ``Recording`` from in-memory arrays (the JSON API body).
+
+``Recording.gains`` stays None: the body carries physical values in its ``units``, no gain.
+"""
 
 from __future__ import annotations
 

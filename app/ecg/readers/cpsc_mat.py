@@ -9,7 +9,8 @@ data and are never copied into the recording's metadata.
 Only MATLAB 5 files (text header "MATLAB 5.0 MAT-file") holding a struct ``ECG`` are
 claimed, so the MATLAB v4 signal files of WFDB records (no text header, variable ``val``)
 stay with the WFDB reader. ``ReadHints.sampling_rate`` / ``units`` override the CPSC
-defaults for files written in the same layout at another rate.
+defaults for files written in the same layout at another rate. ``Recording.gains`` stays
+None: the struct stores millivolts and no gain.
 """
 
 from __future__ import annotations

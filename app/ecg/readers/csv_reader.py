@@ -7,6 +7,8 @@ column header (``I (uV)``, ``V1 [mV]``), else from ``ReadHints.units``, else mil
 
 Comma, semicolon and tab delimiters are sniffed from the header line; a semicolon file
 whose numbers use a decimal comma (``0,125;-0,03``) is read as such.
+
+``Recording.gains`` stays None: CSV holds physical values, not digits, and states no gain.
 """
 
 from __future__ import annotations

@@ -11,6 +11,13 @@ in the units of ChannelSensitivityUnitsSequence (UCUM ``uV``, ``mV``, ``V``, ``n
 The rhythm group (MultiplexGroupLabel ``RHYTHM``, otherwise the longest group that is not a
 median/representative beat) is chosen over median beats. Patient module attributes are never
 copied into ``Recording.metadata``.
+
+``Recording.gains``: 1 / (ChannelSensitivity x ChannelSensitivityCorrectionFactor), in digits
+per mV of the sensitivity's units, sign kept (a negative sensitivity inverts the channel, and is
+applied as written). A product of zero or one that is not finite is refused (MalformedFile
+naming the channels): every sample would read as the baseline. A correction factor absent or
+empty counts as 1; one written as 0 is that zero, not "absent". A channel without a sensitivity
+(read with the caller's units hint) gets the gain that hint implies.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from app.ecg.readers._common import gain_from_resolution, refuse_unusable_gains
 from app.ecg.readers._limits import check_samples, inflated_size
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
@@ -89,6 +97,12 @@ def _unit_factor(channel: Any, lead: str) -> float:
             f"DICOM ECG channel {lead!r} has unsupported sensitivity units {code!r}"
         )
     return factor
+
+
+def _correction(channel: Any) -> float:
+    """ChannelSensitivityCorrectionFactor; 1 when absent or empty (an explicit 0 stays 0)."""
+    value = channel.get("ChannelSensitivityCorrectionFactor")
+    return 1.0 if value is None or str(value).strip() == "" else float(value)
 
 
 def _is_median(label: str) -> bool:
@@ -225,8 +239,13 @@ class DicomEcgReader:
                 raise MalformedFile(f"DICOM ECG waveform data cannot be decoded: {exc}") from None
 
             raw = np.asarray(raw)
+            names = [_lead_name(ch, j) for j, ch in enumerate(channels)]
+            steps = [_mv_per_digit(ch, lead, hints) for ch, lead in zip(channels, names, strict=True)]
+            refuse_unusable_gains(
+                [step for step, _ in steps], names, label="DICOM ECG",
+                field="ChannelSensitivity x ChannelSensitivityCorrectionFactor",
+            )
             signals = np.empty((n_ch, n_samp), dtype=np.float64)
-            names: list[str] = []
             lsb_mv: list[float] = []
             padding = item.get("WaveformPaddingValue")
             pad_value = None
@@ -236,28 +255,14 @@ class DicomEcgReader:
                 ) if isinstance(padding, (bytes, bytearray)) else np.asarray([padding])
                 if pad_arr.size:
                     pad_value = pad_arr[0]
-            for j, ch in enumerate(channels):
-                lead = _lead_name(ch, j)
-                names.append(lead)
+            for j, (ch, (step, factor)) in enumerate(zip(channels, steps, strict=True)):
                 col = raw[:n_samp, j].astype(np.float64)
-                if "ChannelSensitivity" in ch and ch.ChannelSensitivity not in (None, ""):
-                    sens = float(ch.ChannelSensitivity)
-                    corr = float(ch.get("ChannelSensitivityCorrectionFactor", 1.0) or 1.0)
+                if _has_sensitivity(ch):
                     base = float(ch.get("ChannelBaseline", 0.0) or 0.0)
-                    factor = _unit_factor(ch, lead)
-                    val = (col * sens * corr + base) * factor
-                    lsb_mv.append(abs(sens * corr * factor))
+                    val = (col * step + base) * factor
                 else:
-                    if hints.units is None:
-                        raise MalformedFile(
-                            f"DICOM ECG channel {lead!r} has no ChannelSensitivity; "
-                            "samples cannot be converted to millivolts"
-                        )
-                    from_units = mv_factor(hints.units)
-                    if from_units is None:
-                        raise UnsupportedSignal(f"unknown units hint {hints.units!r}")
-                    val = col * from_units
-                    lsb_mv.append(from_units)
+                    val = col * factor
+                lsb_mv.append(abs(step * factor))
                 if pad_value is not None:
                     val[raw[:n_samp, j] == pad_value] = np.nan
                 signals[j] = val
@@ -286,7 +291,27 @@ class DicomEcgReader:
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(names),
             source_format=self.name, warnings=warnings, metadata=metadata,
+            gains=tuple(gain_from_resolution(step, factor) for step, factor in steps),
         )
+
+
+def _has_sensitivity(channel: Any) -> bool:
+    return "ChannelSensitivity" in channel and channel.ChannelSensitivity not in (None, "")
+
+
+def _mv_per_digit(channel: Any, lead: str, hints: ReadHints) -> tuple[float, float]:
+    """(sensitivity x correction in the sensitivity's units, mV per one of those units); for a
+    channel without a sensitivity, (1, mV per unit of the caller's units hint)."""
+    if _has_sensitivity(channel):
+        return float(channel.ChannelSensitivity) * _correction(channel), _unit_factor(channel, lead)
+    if hints.units is None:
+        raise MalformedFile(
+            f"DICOM ECG channel {lead!r} has no ChannelSensitivity; samples cannot be converted to millivolts"
+        )
+    from_units = mv_factor(hints.units)
+    if from_units is None:
+        raise UnsupportedSignal(f"unknown units hint {hints.units!r}")
+    return 1.0, from_units
 
 
 READER: FormatReader = DicomEcgReader()

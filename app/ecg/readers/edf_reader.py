@@ -6,16 +6,24 @@ leads ("ECG I", "I", "EKG II", "V1"), those signals are the leads and the others
 SpO2, ...) are ignored with a warning; otherwise every signal measured in volts is a lead.
 All leads must share one sample rate. A prefix such as "ECG " / "EKG " is dropped from
 the lead name; the header's patient and recording fields are never read into metadata.
+
+``Recording.gains``: each lead's (digital max - digital min) / (physical max - physical min),
+per mV of its physical dimension, sign kept: a physical range written high-to-low is how EDF
+inverts a signal, and edflib applies it, so that lead gets the ``negative_gain`` warning. A
+physical range of zero (edflib will not open such a file) or a digital range of zero (every
+sample would read as one value) is refused as MalformedFile naming the signals.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from app.ecg.leads import is_lead_name, strip_lead_prefix
+from app.ecg.readers._common import gain_per_mv, refuse_unusable_gains
 from app.ecg.readers._limits import check_leads, check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
@@ -57,6 +65,28 @@ def _parse_main_header(head: bytes) -> tuple[int, int, float, int] | None:
     if ns < 1 or hdr_bytes != 256 * (ns + 1) or n_records < -1 or duration < 0:
         return None
     return hdr_bytes, n_records, duration, ns
+
+
+_RANGE_FIELD = "digital range / physical range"
+
+
+def _range_ratio(digital: float, physical: float) -> float:
+    """Digital units per physical unit; inf for a zero physical range (refused, never divided)."""
+    return float(digital) / float(physical) if physical != 0 else math.inf
+
+
+def _check_physical_ranges(sig: bytes, ns: int) -> None:
+    """Refuse, naming the signals, a zero physical range before edflib sees the file: edflib
+    will not open it and only says it is "not EDF compliant (Physical Maximum)". (A zero digital
+    range edflib reads; the lead signals are checked for it once opened.)"""
+    def fields(offset: int) -> list[float | None]:
+        return [_float_field(sig[offset * ns + 8 * i : offset * ns + 8 * i + 8]) for i in range(ns)]
+
+    labels = [strip_lead_prefix(sig[16 * i : 16 * i + 16].decode("ascii", "replace").strip()) or f"signal {i + 1}"
+              for i in range(ns)]
+    pmin, pmax = fields(104), fields(112)
+    flat = [labels[i] for i in range(ns) if pmin[i] is not None and pmin[i] == pmax[i]]
+    refuse_unusable_gains([0.0] * len(flat), flat, label="EDF header", field="physical range")
 
 
 class EdfReader:
@@ -112,6 +142,7 @@ class EdfReader:
         if len(per_record) != ns:
             raise MalformedFile("EDF signal header has an invalid number of samples per data record")
         check_leads(ns, "EDF header")
+        _check_physical_ranges(sig, ns)
         if n_records >= 0:
             check_samples(ns, n_records * max(per_record), "EDF header")
             expected = hdr_bytes + n_records * 2 * sum(per_record)
@@ -164,6 +195,13 @@ class EdfReader:
                     details={"label": labels[i], "dimension": dims[i]},
                 )
             factors.append(fac)
+        ranges = [
+            _range_ratio(float(f.getDigitalMaximum(i)) - float(f.getDigitalMinimum(i)),
+                         float(f.getPhysicalMaximum(i)) - float(f.getPhysicalMinimum(i)))
+            for i in leads
+        ]
+        names = tuple(strip_lead_prefix(labels[i]) for i in leads)
+        refuse_unusable_gains(ranges, names, label="EDF", field=_RANGE_FIELD)
 
         length = min(nsamp[i] for i in leads)
         if length == 0:
@@ -172,7 +210,6 @@ class EdfReader:
         for row, (i, fac) in enumerate(zip(leads, factors, strict=True)):
             signals[row] = f.readSignal(i, 0, length, digital=False) * fac
 
-        names = tuple(strip_lead_prefix(labels[i]) for i in leads)
         warnings: list[SignalWarning] = []
         if ignored:
             warnings.append(
@@ -188,6 +225,7 @@ class EdfReader:
         return Recording(
             signals=signals, fs=fs, lead_names=names,
             source_format=self.name, warnings=warnings,
+            gains=tuple(gain_per_mv(r, fac) for r, fac in zip(ranges, factors, strict=True)),
             metadata={
                 "edf_type": filetype,
                 "labels": [labels[i] for i in leads],

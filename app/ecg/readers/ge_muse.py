@@ -15,6 +15,10 @@ Read::
 MUSE stores only I, II and V1-V6; those leads are returned as stored and
 ``metadata["derive_limb_leads"]`` says III, aVR, aVL and aVF must be derived (preprocessing
 does that). Patient demographics are never copied into metadata.
+
+``Recording.gains``: 1 / LeadAmplitudeUnitsPerBit per lead, in digits per mV of
+LeadAmplitudeUnits, sign kept. Zero units per bit is refused (MalformedFile naming the leads):
+every sample would read as 0 and the cause would be lost in a "flat lead" refusal later.
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from app.ecg.leads import LIMB_LEADS_FROM_I_II
-from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._common import (
+    file_or_hinted_rate,
+    gain_from_resolution,
+    parse_number,
+    refuse_unusable_gains,
+    stack_leads,
+)
 from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -102,6 +112,7 @@ class GeMuseReader(XmlRootReader):
         names: list[str] = []
         rows: list[np.ndarray] = []
         lsb: list[float] = []
+        gains: list[float] = []
         total = 0
         for i, ld in enumerate(leads):
             lead = text_of(child(ld, "LeadID")) or f"Lead {i + 1}"
@@ -113,6 +124,7 @@ class GeMuseReader(XmlRootReader):
             factor = mv_factor(units)
             if factor is None:
                 raise UnsupportedSignal(f"{FORMAT_LABEL}: {lwhat} has unknown units {units!r}")
+            refuse_unusable_gains([per_bit], [lead], label=FORMAT_LABEL, field="LeadAmplitudeUnitsPerBit")
             data_text = text_of(child(ld, "WaveFormData"))
             if not data_text:
                 raise MalformedFile(f"{FORMAT_LABEL}: {lwhat} has no WaveFormData")
@@ -146,6 +158,7 @@ class GeMuseReader(XmlRootReader):
             names.append(lead)
             rows.append(samples.astype(np.float64) * (per_bit * factor))
             lsb.append(abs(per_bit * factor))
+            gains.append(gain_from_resolution(per_bit, factor))
 
         if len(set(names)) != len(names):
             raise MalformedFile(f"{FORMAT_LABEL}: duplicate LeadID in {names}")
@@ -159,7 +172,7 @@ class GeMuseReader(XmlRootReader):
             )
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(names),
-            source_format=self.name, warnings=warnings, metadata=metadata,
+            source_format=self.name, warnings=warnings, metadata=metadata, gains=tuple(gains),
         )
 
 

@@ -14,6 +14,11 @@ Structure read::
 physical value = origin + scale * digit, converted to mV. MDC lead codes become standard
 names ("MDC_ECG_LEAD_AVR" -> "aVR"); codes outside the 12 standard leads keep their suffix.
 Subject demographics are never copied into metadata.
+
+``Recording.gains``: 1 / scale per lead, in digits per mV of the scale's unit, sign kept (a
+negative scale inverts the lead as written). A scale of 0 is refused (MalformedFile naming the
+leads): every sample would read as the origin. (A non-finite scale is already refused where
+the number is parsed.)
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
-from app.ecg.readers._common import file_or_hinted_rate, parse_number, stack_leads
+from app.ecg.readers._common import (
+    file_or_hinted_rate,
+    gain_from_resolution,
+    parse_number,
+    refuse_unusable_gains,
+    stack_leads,
+)
 from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -109,6 +120,7 @@ class HL7AecgReader(XmlRootReader):
         names: list[str] = []
         rows: list[np.ndarray] = []
         lsb: list[float] = []
+        gains: list[float] = []
         sequences = _sequences(seqset)
         check_leads(len(sequences) - 1, f"{FORMAT_LABEL} sequenceSet")
         total = 0
@@ -144,6 +156,7 @@ class HL7AecgReader(XmlRootReader):
                     raise UnsupportedSignal(
                         f"{FORMAT_LABEL}: lead {lead} scale unit {sunit!r} is not a voltage unit"
                     )
+                refuse_unusable_gains([scale], [lead], label=FORMAT_LABEL, field="scale")
                 of = mv_factor(ounit) or sf
                 digits_text = text_of(child(value, "digits"))
                 if not digits_text:
@@ -166,6 +179,7 @@ class HL7AecgReader(XmlRootReader):
                 names.append(lead)
                 rows.append(origin * of + scale * sf * digits)
                 lsb.append(abs(scale * sf))
+                gains.append(gain_from_resolution(scale, sf))
         fs = file_or_hinted_rate(
             fs,
             hints,
@@ -177,7 +191,7 @@ class HL7AecgReader(XmlRootReader):
         metadata = {"series_code": _code(chosen), "lsb_mV": lsb, "n_series": len(series)}
         return Recording(
             signals=stack_leads(rows, warnings), fs=fs, lead_names=tuple(names),
-            source_format=self.name, warnings=warnings, metadata=metadata,
+            source_format=self.name, warnings=warnings, metadata=metadata, gains=tuple(gains),
         )
 
 

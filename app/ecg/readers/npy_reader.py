@@ -3,7 +3,7 @@
 The file carries neither rate, units nor lead names: ``ReadHints.sampling_rate`` is
 required, ``ReadHints.units`` defaults to mV, and ``ReadHints.lead_names`` defaults to the
 standard order I, II, III, aVR, aVL, aVF, V1-V6 when the array has 12 leads. Pickled
-(object) arrays are never loaded.
+(object) arrays are never loaded. ``Recording.gains`` stays None: the file states no gain.
 """
 
 from __future__ import annotations

@@ -17,6 +17,10 @@ Read: dataacquisition/signalcharacteristics samplingrate, resolution (uV per LSB
 acquisitiontype, numberchannelsallocated; waveforms/parsedwaveforms with dataencoding
 "Base64" (or "Plain" text), compressflag/compressmethod "XLI" or uncompressed int16 LE,
 durationperchannel (ms), leadlabels. Patient data are never copied into metadata.
+
+``Recording.gains``: 1 / resolution (one resolution for every lead), in digits per mV, sign
+kept. A resolution of 0 is refused (MalformedFile naming every lead): every sample would read
+as 0.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ from xml.etree.ElementTree import Element
 import numpy as np
 
 from app.ecg.leads import STANDARD_LEADS
-from app.ecg.readers._common import file_or_hinted_rate, parse_number
+from app.ecg.readers._common import (
+    file_or_hinted_rate,
+    gain_from_resolution,
+    parse_number,
+    refuse_unusable_gains,
+)
 from app.ecg.readers._limits import check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, local, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -207,6 +216,7 @@ class PhilipsSierraReader(XmlRootReader):
         n = min(x.size for x in leads)
         if n == 0:
             raise MalformedFile(f"{FORMAT_LABEL}: waveform data holds no samples")
+        refuse_unusable_gains([resolution_uv] * n_leads, labels, label=FORMAT_LABEL, field="resolution")
         lsb_mv = resolution_uv * to_millivolts_factor("uV")
         signals = np.vstack([x[:n] for x in leads]).astype(np.float64) * lsb_mv
         metadata = {
@@ -220,6 +230,7 @@ class PhilipsSierraReader(XmlRootReader):
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(labels),
             source_format=self.name, warnings=[], metadata=metadata,
+            gains=(gain_from_resolution(resolution_uv, to_millivolts_factor("uV")),) * n_leads,
         )
 
 

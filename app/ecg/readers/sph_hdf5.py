@@ -8,7 +8,8 @@ attribute (``fs`` / ``sampling_rate`` on the dataset or the file) is honoured, t
 and the standard order for files written in the same layout by other tools.
 
 float16 keeps 11 significant bits: a value is within |x| * 2**-11 of what was written
-(2**-25 mV absolute below 2**-14 mV).
+(2**-25 mV absolute below 2**-14 mV). ``Recording.gains`` stays None: the layout stores
+millivolts and no gain.
 """
 
 from __future__ import annotations

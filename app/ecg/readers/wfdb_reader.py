@@ -22,6 +22,14 @@ Samples are decoded one of two ways, with the same result (``p_signal`` of
 
 Either way the samples are converted to millivolts from each channel's header units;
 invalid samples stay NaN. ``metadata["decoder"]`` says which path read the record.
+
+``Recording.gains`` is each signal's ADC gain as read (adu per header unit; 200 where the
+field is missing, as wfdb reads it) over the unit's millivolts: adu per mV, sign kept. A gain
+the header states as 0 is refused (MalformedFile naming the signals), although wfdb reads it as
+200: in WFDB a zero gain means "no amplitude calibration is available", and the model, which
+does no normalisation, needs millivolts that mean millivolts; a guess of 200 adu/mV would be
+scored as if it were a measurement. An infinite gain (``1e999``) is refused too (every sample
+would read as 0).
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ except ImportError:  # pragma: no cover - depends on the installed wfdb
     wfdb_header = None
     _WFDB_PATTERNS = False
 
+from app.ecg.readers._common import gain_per_mv, refuse_unusable_gains
 from app.ecg.readers._limits import check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
@@ -74,6 +83,8 @@ _FS_FIELD = re.compile(
     r"^(?P<fs>\d+(?:\.\d*)?(?:[eE][+-]?\d+)?|\.\d+)(?:/[\d.eE+-]+)?(?:\([-\d.]+\))?$"
 )
 _FORMAT_FIELD = re.compile(r"^(?P<fmt>\d+)(?:x(?P<spf>\d+))?(?::\d+)?(?:\+(?P<offset>\d+))?$")
+# The gain that starts a signal line's third field: "200", "1000.0(0)/mV", "1e3(-4)/uV", "-200".
+_GAIN_FIELD = re.compile(r"^(?P<gain>[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)(?:[(/]|$)")
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,9 @@ class _SignalSpec:
     fmt: str
     samples_per_frame: int
     byte_offset: int
+    # the ADC gain as the header writes it, before any default (wfdb turns 0 into 200, which
+    # hides the zero the reader refuses); None when the field is absent or not a plain number
+    declared_gain: float | None = None
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,13 @@ def _parse_signal_line(line: str, source: str) -> _SignalSpec:
     match = _FORMAT_FIELD.match(tokens[1]) if len(tokens) >= 2 else None
     if match is None or match["fmt"] not in _KNOWN_FORMATS:
         raise MalformedFile(f"{source}: signal line {line[:80]!r} has no valid WFDB storage format")
+    gain = _GAIN_FIELD.match(tokens[2]) if len(tokens) >= 3 else None
     return _SignalSpec(
         file_name=tokens[0],
         fmt=match["fmt"],
         samples_per_frame=int(match["spf"] or 1),
         byte_offset=int(match["offset"] or 0),
+        declared_gain=float(gain["gain"]) if gain else None,
     )
 
 
@@ -530,14 +546,16 @@ def _rdrecord(path: Path, fixed_text: str | None = None, files: dict[str, Path] 
 
 def _decode_wfdb(
     path: Path, fixed_text: str | None = None, files: dict[str, Path] | None = None
-) -> tuple[np.ndarray, tuple[str | None, ...], tuple[str, ...]]:
-    """Physical signals (n_signals, n_samples), names and units, read by wfdb.rdrecord."""
+) -> tuple[np.ndarray, tuple[str | None, ...], tuple[str, ...], tuple[float, ...]]:
+    """Physical signals (n_signals, n_samples), names, units and ADC gains (adu per unit, as
+    wfdb applied them), read by wfdb.rdrecord."""
     record = _rdrecord(path, fixed_text, files)
     signal = record.p_signal
     if signal is None or signal.ndim != 2 or signal.shape[0] == 0:
         raise MalformedFile(f"{path.name}: the record has no samples")
     units = tuple(unit or _DEFAULT_UNITS for unit in (record.units or [None] * signal.shape[1]))
-    return signal.T, tuple(record.sig_name or []), units
+    gains = tuple(float(g) for g in (record.adc_gain or []))
+    return signal.T, tuple(record.sig_name or []), units, gains
 
 
 # --- Reading ---------------------------------------------------------------------------------
@@ -590,6 +608,24 @@ def _signal_files(path: Path, header: _Header) -> dict[str, Path]:
     return {name: _resolve_signal_file(path.parent, name, path.name) for name in names}
 
 
+def _gains_per_mv(
+    header: _Header, names: tuple[str, ...], units: tuple[str, ...], adc_gains: tuple[float, ...], path: Path
+) -> tuple[float, ...] | None:
+    """Each signal's gain in adu per mV, after refusing a gain the header states as 0 or that is
+    not finite. None if the decoder's gains do not line up with the signals: the warning is then
+    not given, rather than given for the wrong lead."""
+    declared = [spec.declared_gain for spec in header.signals]
+    if len(declared) == len(names):
+        stated = [(name, gain) for name, gain in zip(names, declared, strict=True) if gain is not None]
+        refuse_unusable_gains([g for _, g in stated], [n for n, _ in stated], label=path.name, field="ADC gain")
+    if len(adc_gains) != len(names):
+        return None
+    refuse_unusable_gains(adc_gains, names, label=path.name, field="ADC gain")
+    return tuple(
+        gain_per_mv(gain, to_millivolts_factor(unit)) for gain, unit in zip(adc_gains, units, strict=True)
+    )
+
+
 class WfdbReader:
     """FormatReader for WFDB single-segment records."""
 
@@ -630,9 +666,10 @@ class WfdbReader:
         plan = _simple_plan(text, header, files)
         if plan is not None:
             physical, sig_names, units = _decode_simple(plan, path.name)
+            adc_gains = tuple(channel.gain for channel in plan.channels)
             decoder = "numpy"
         else:
-            physical, sig_names, units = _decode_wfdb(path, text if fixes else None, files)
+            physical, sig_names, units, adc_gains = _decode_wfdb(path, text if fixes else None, files)
             decoder = "wfdb"
         signals = _millivolts(physical, units, path)
         names = tuple(name or f"signal{i + 1}" for i, name in enumerate(sig_names))
@@ -645,6 +682,7 @@ class WfdbReader:
             fs=fs,
             lead_names=names,
             source_format=self.name,
+            gains=_gains_per_mv(header, names, units, adc_gains, path),
             metadata={
                 "n_signals": len(names),
                 "storage_formats": sorted({spec.fmt for spec in header.signals}),
