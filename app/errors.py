@@ -87,6 +87,19 @@ class Conflict(ServiceError):
     code = "conflict"
 
 
+class VersionConflict(Conflict):
+    """A change named a revision (``If-Match``) that is no longer the current one: someone else
+    changed it in between. Nothing was changed; details carry the current revision and ETag."""
+
+    code = "version_conflict"
+
+
+class PreconditionRequired(ServiceError):
+    """A change that must name the revision it replaces (``If-Match``) named none."""
+
+    code = "precondition_required"
+
+
 # --- access (API keys) -------------------------------------------------------------------
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from app.access.keys import KeyStore, KeyVerifier
+from app.access.scopes import COMMAND_LINE
 from app.ecg.uploads import UploadLimits
 from app.errors import DatabaseUnavailable
 from app.knowledge import db
@@ -165,7 +166,7 @@ def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft
         service = build_service(private, runtime=runtime, seed_builtins=False)
         try:
             for draft in drafts:
-                service.store.create_label(replace(draft, label_sets=()))
+                service.store.create_label(replace(draft, label_sets=()), actor=COMMAND_LINE.name)
             with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
                 yield scorer
         finally:

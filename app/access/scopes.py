@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from app.knowledge.audit import SEEDING_ACTOR
+
 
 class Scope(StrEnum):
     diagnose = "diagnose"
@@ -42,4 +44,4 @@ ANONYMOUS = Actor(name="anonymous (auth disabled)", scope=Scope.admin, authentic
 # Changes made from the command line on the database directly (``ecgfm-ked keys ...``).
 COMMAND_LINE = Actor(name="command line", scope=Scope.admin)
 # Built-in labels and sets seeded at start.
-SEEDING = Actor(name="built-in seeding", scope=Scope.admin)
+SEEDING = Actor(name=SEEDING_ACTOR, scope=Scope.admin)

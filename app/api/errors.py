@@ -27,7 +27,8 @@ STATUS: list[tuple[type[E.ServiceError], int]] = [
     (E.UnsupportedSignal, 422),
     (E.InvalidInput, 400),
     (E.NotFound, 404),
-    (E.Conflict, 409),
+    (E.Conflict, 409),  # conflict, version_conflict (a stale If-Match)
+    (E.PreconditionRequired, 428),  # a label or set replaced without If-Match
     (E.Unauthenticated, 401),  # with WWW-Authenticate: Bearer
     (E.Forbidden, 403),
     (E.Overloaded, 503),  # overloaded, deadline_exceeded, shutting_down (with Retry-After)

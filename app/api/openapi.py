@@ -28,10 +28,12 @@ ERROR_DESCRIPTIONS = {
     404: "unknown label, label set, version or path",
     405: "method not allowed on this path",
     408: "the request body did not arrive in time (ECGFM_BODY_READ_TIMEOUT_S)",
-    409: "conflict with what is stored",
+    409: "conflict with what is stored: a name taken, a label still in a set, or an If-Match revision that is "
+         "no longer current (version_conflict, with the current one; nothing changed)",
     413: "body or upload too large",
     415: "unsupported content type or file format",
     422: "unreadable or unusable signal, or invalid parameters",
+    428: "a replace sent without If-Match (precondition_required): send the ETag of your last read, or *",
     500: "internal error (logged without request content); quote the request_id when reporting it",
     503: "no model loaded, or the service is not ready",
 }
@@ -44,6 +46,10 @@ EXAMPLE_MESSAGES = {
     "not_found": "no label set named 'rhythm'",
     "method_not_allowed": "Method Not Allowed",
     "conflict": "a label named 'wellens syndrome' already exists (id 77)",
+    "version_conflict": "label 77 is at revision 4, not 3: it changed after it was read. Nothing was changed; read "
+                        "it again, apply the change to what it is now and send If-Match: \"4\"",
+    "precondition_required": "replacing label 77 needs the revision it replaces: send `If-Match` with the ETag of "
+                             "your last read (or `If-Match: *` to replace whatever it is now)",
     "unauthenticated": "this operation needs an API key: send `Authorization: Bearer KEY`",
     "forbidden": "this operation needs a key with scope 'labels' or above; key 'ward-3' has 'diagnose'",
     "upload_too_large": "request body is 73400320 bytes; the limit is 52428800 (ECGFM_MAX_REQUEST_MB)",

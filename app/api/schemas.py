@@ -31,6 +31,8 @@ class ErrorCode(StrEnum):
     unauthenticated = "unauthenticated"          # 401: no API key, or an unknown or revoked one
     forbidden = "forbidden"                      # 403: the key's scope does not allow the operation
     conflict = "conflict"                        # 409: name taken, label still in a set
+    version_conflict = "version_conflict"        # 409: If-Match names a revision that is no longer current
+    precondition_required = "precondition_required"  # 428: a replace sent without If-Match
     upload_too_large = "upload_too_large"        # 413
     unsupported_format = "unsupported_format"    # 415: content type or file format not read
     malformed_file = "malformed_file"            # 422: a known format with broken content
@@ -212,9 +214,30 @@ class LabelIn(BaseModel):
                           tuple(self.label_sets))
 
 
+class LabelReplace(BaseModel):
+    """The whole of a label, for PUT (a full replace: every field is required, so a field left
+    out cannot be wiped by accident). Which sets it is in is changed through the sets."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [WELLENS]})
+
+    name: Name
+    description: LongText
+    synonyms: list[ShortText]
+    codes: dict[Name, ShortText] = Field(..., examples=[{"SNOMED CT": "164889003"}])
+    encode_text: Literal["name", "description"]
+
+    def draft(self) -> LabelDraft:
+        return LabelDraft(self.name, self.description, tuple(self.synonyms), dict(self.codes), self.encode_text)
+
+
+REVISION_DESCRIPTION = ("grows with every change; also the `ETag` header (`\"<revision>\"`) to send as `If-Match` "
+                        "when replacing or deleting")
+DELETED_DESCRIPTION = "when a built-in one was deleted (listed only with include_deleted=true); it can be restored"
+
+
 class LabelOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "id": 77, **WELLENS, "builtin": False, "updated_at": "2025-03-14T09:26:53.589000Z",
+        "id": 77, **WELLENS, "builtin": False, "updated_at": "2025-03-14T09:26:53.589000Z", "revision": 1,
         "label_sets": ["default"], "embedded": True,
     }]})
 
@@ -226,6 +249,8 @@ class LabelOut(BaseModel):
     encode_text: str
     builtin: bool
     updated_at: datetime
+    revision: int = Field(..., ge=1, description=REVISION_DESCRIPTION)
+    deleted_at: datetime | None = Field(None, description=DELETED_DESCRIPTION)
     label_sets: list[str] = []
     embedded: bool = Field(False, description="its text vector is in the cache for the served text encoder")
 
@@ -233,7 +258,8 @@ class LabelOut(BaseModel):
     def of(cls, label: Label, *, label_sets: list[str] | None = None, embedded: bool = False) -> LabelOut:
         return cls(id=label.id, name=label.name, description=label.description, synonyms=list(label.synonyms),
                    codes=dict(label.codes), encode_text=label.encode_text, builtin=label.builtin,
-                   updated_at=label.updated_at, label_sets=label_sets or [], embedded=embedded)
+                   updated_at=label.updated_at, revision=label.revision, deleted_at=label.deleted_at,
+                   label_sets=label_sets or [], embedded=embedded)
 
 
 class LabelSetIn(BaseModel):
@@ -250,10 +276,17 @@ class LabelSetIn(BaseModel):
         return LabelSetDraft(self.name, self.description, tuple(self.labels))
 
 
+class LabelSetReplace(LabelSetIn):
+    """The whole of a label set, for PUT (a full replace: every field is required)."""
+
+    description: LongText = Field(..., description="the set's description (an empty string for none)")
+
+
 class LabelSetOut(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "name": "rhythm", "description": "rhythm screening panel", "version": "36995e4a2f2885eb", "builtin": False,
         "labels": ["sinus rhythm", "atrial fibrillation", "atrial flutter"], "updated_at": "2025-03-14T09:30:02Z",
+        "revision": 1,
     }]})
 
     name: str
@@ -262,11 +295,14 @@ class LabelSetOut(BaseModel):
     builtin: bool
     labels: list[str]
     updated_at: datetime | None = None
+    revision: int = Field(..., ge=1, description=REVISION_DESCRIPTION)
+    deleted_at: datetime | None = Field(None, description=DELETED_DESCRIPTION)
 
     @classmethod
     def of(cls, s: LabelSet) -> LabelSetOut:
         return cls(name=s.name, description=s.description, version=s.version, builtin=s.builtin,
-                   labels=list(s.label_names), updated_at=s.updated_at)
+                   labels=list(s.label_names), updated_at=s.updated_at, revision=s.revision,
+                   deleted_at=s.deleted_at)
 
 
 # --- diagnose ------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from sqlalchemy.engine import Connection
 from app.knowledge import db
 
 TargetKind = Literal["label", "label_set", "key"]
+# The actor of the built-in labels and sets the service seeds at start (app.knowledge.builtin).
+SEEDING_ACTOR = "built-in seeding"
 MAX_PAGE = 1000
 
 

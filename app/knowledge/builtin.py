@@ -20,6 +20,7 @@ from importlib import resources
 from typing import Any
 
 from app.errors import Conflict
+from app.knowledge.audit import SEEDING_ACTOR
 from app.knowledge.store import KnowledgeStore
 from app.knowledge.types import LabelDraft, LabelSetDraft, name_key
 
@@ -70,7 +71,7 @@ def seed_builtin(store: KnowledgeStore) -> SeedReport:
 def _seed_labels(
     store: KnowledgeStore, sets: list[BuiltinSet], offered: set[tuple[str, str]]
 ) -> list[str]:
-    existing = {name_key(label.name) for label in store.list_labels()}
+    existing = {name_key(label.name) for label in store.list_labels(include_deleted=True)}
     drafts = {name_key(d.name): d for s in sets for d in s.labels}
     added = [
         draft.name
@@ -101,7 +102,7 @@ def _seed_sets(
 
 def _try_create_label(store: KnowledgeStore, draft: LabelDraft) -> bool:
     try:
-        store.create_label(draft, builtin=True)
+        store.create_label(draft, builtin=True, actor=SEEDING_ACTOR)
     except Conflict:
         return False  # another process (or the user) has it already
     return True
@@ -112,7 +113,7 @@ def _try_create_set(
 ) -> bool:
     draft = LabelSetDraft(builtin_set.name, builtin_set.description, members)
     try:
-        store.create_label_set(draft, builtin=True)
+        store.create_label_set(draft, builtin=True, actor=SEEDING_ACTOR)
     except Conflict:
         return False
     return True

@@ -43,6 +43,8 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
@@ -76,6 +78,14 @@ labels = Table(
     Column("builtin", Boolean, nullable=False, default=False),
     Column("created_at", _utc(), nullable=False),
     Column("updated_at", _utc(), nullable=False),
+    # lifecycle (added after the first release: add_missing_columns brings older databases along)
+    Column("revision", Integer, nullable=False, default=1, server_default=text("1")),  # the ETag
+    Column("deleted_at", _utc(), nullable=True),  # a built-in label soft-deleted (restorable)
+    Column("deleted_from", JSON, nullable=True),  # {set id: position} it was removed from
+    # ids are never reused (SQLite would hand a deleted label's id to the next one, and a client
+    # still holding the old id and revision 1 could then replace a different label); PostgreSQL's
+    # sequences never reuse. A SQLite file made before this keeps SQLite's default.
+    sqlite_autoincrement=True,
 )
 
 label_sets = Table(
@@ -89,6 +99,8 @@ label_sets = Table(
     Column("builtin", Boolean, nullable=False, default=False),
     Column("created_at", _utc(), nullable=False),
     Column("updated_at", _utc(), nullable=False),
+    Column("revision", Integer, nullable=False, default=1, server_default=text("1")),  # the ETag
+    Column("deleted_at", _utc(), nullable=True),  # a built-in set soft-deleted (restorable)
 )
 
 label_set_members = Table(
@@ -232,11 +244,45 @@ _SCHEMA_LOCK_ID = 0x4B4E4F57  # PostgreSQL advisory lock held while creating tab
 
 
 def create_schema(engine: Engine) -> None:
-    """Create any missing table; safe to run at every start and from several processes."""
+    """Create any missing table and column; safe to run at every start and from several processes."""
     with write_tx(engine) as conn:
         if conn.dialect.name == "postgresql":
             conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_ID})")
         metadata.create_all(conn, checkfirst=True)
+        add_missing_columns(conn)
+
+
+def add_missing_columns(conn: Connection) -> list[str]:
+    """Add the columns a table of an older database lacks (``ALTER TABLE ... ADD COLUMN``);
+    returns ``table.column`` of each one added.
+
+    The schema has only grown by columns that are nullable or have a server default, which
+    every existing row can take as it is, so this is the whole migration path so far; it keeps
+    the data and needs no migration tool. A change that needs more (a new constraint, a
+    column's type, data rewritten) is the point to bring in Alembic, whose first revision would
+    be this schema.
+    """
+    existing = set(inspect(conn).get_table_names())
+    added: list[str] = []
+    for table in metadata.sorted_tables:
+        if table.name not in existing:
+            continue
+        present = {column["name"] for column in inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present:
+                continue
+            if not column.nullable and column.server_default is None:
+                raise RuntimeError(f"column {table.name}.{column.name} cannot be added to existing rows: "
+                                   "it needs a server default or to be nullable")
+            kind = column.type.compile(dialect=conn.dialect)
+            default = ""
+            if column.server_default is not None:
+                default = f" NOT NULL DEFAULT {column.server_default.arg.text}"  # type: ignore[attr-defined]
+            conn.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}{default}')
+            added.append(f"{table.name}.{column.name}")
+    if added:
+        log.warning("knowledge database schema brought up to date: added %s", ", ".join(added))
+    return added
 
 
 @contextmanager

@@ -46,6 +46,10 @@ class Label:
     encode_text: EncodeText
     builtin: bool
     updated_at: datetime
+    # lifecycle: ``revision`` grows with every change (the label's ETag, for If-Match);
+    # ``deleted_at`` is set on a soft-deleted built-in label (restorable)
+    revision: int = 1
+    deleted_at: datetime | None = None
 
     @property
     def text_for_encoder(self) -> str:
@@ -67,6 +71,8 @@ class LabelSet:
     labels: tuple[Label, ...]
     builtin: bool = False
     updated_at: datetime | None = None
+    revision: int = 1  # grows with every change of the set or its content (its ETag)
+    deleted_at: datetime | None = None  # a soft-deleted built-in set (restorable)
     # set by LabelSetReader when the database was unreachable and this copy came from memory
     served_from_memory: bool = field(default=False, compare=False)
 

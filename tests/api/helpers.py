@@ -106,3 +106,8 @@ def metric_samples(text: str) -> list[tuple[str, dict[str, str], float]]:
 def sample_value(text: str, name: str, **labels: str) -> float:
     """Sum of the samples named ``name`` whose labels include ``labels`` (0 if none)."""
     return sum(v for n, lab, v in metric_samples(text) if n == name and all(lab.get(k) == w for k, w in labels.items()))
+
+
+# ``If-Match: *``: replace whatever the label or set is now (tests that are not about concurrent
+# edits; tests/api/test_label_lifecycle.py sends real revisions)
+ANY_REVISION = {"If-Match": "*"}

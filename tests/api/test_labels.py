@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 
-from .helpers import assert_error, ecg_json, read_record, sample_value
+from .helpers import ANY_REVISION, assert_error, ecg_json, read_record, sample_value
 
 WELLENS = {
     "name": "wellens pattern (api test)",
@@ -15,6 +15,7 @@ WELLENS = {
     "a sign of critical proximal LAD stenosis.",
     "synonyms": ["wellens syndrome"],
     "codes": {"SNOMED CT": "0000001"},
+    "encode_text": "description",
 }
 
 
@@ -67,7 +68,7 @@ def test_label_lifecycle(client):
     assert listed[members[0]]["builtin"] is True
 
     # edit: the set gets a new version; older versions keep their membership
-    edited = client.put(f"/labels/{label['id']}", json={**WELLENS, "description": "Edited: " + WELLENS["description"]})
+    edited = client.put(f"/labels/{label['id']}", json={**WELLENS, "description": "Edited: " + WELLENS["description"]}, headers=ANY_REVISION)
     assert edited.status_code == 200 and edited.json()["description"].startswith("Edited: ")
     v2 = client.get("/label-sets/api-panel").json()["version"]
     assert v2 not in (v0, v1)
@@ -103,12 +104,12 @@ def test_label_errors(client):
     assert all(item["name"] not in ("x1", "x2", "x3") for item in client.get("/labels").json())
 
     assert_error(client.get("/labels/987654"), 404, "not_found")
-    assert_error(client.put("/labels/987654", json=WELLENS), 404, "not_found")
+    assert_error(client.put("/labels/987654", json=WELLENS, headers=ANY_REVISION), 404, "not_found")
     assert_error(client.delete("/labels/987654"), 404, "not_found")
     assert_error(client.get("/labels/not-a-number"), 422, "invalid_request")
     # renaming onto an existing name
     other = _builtin_names(client, 1)[0]
-    assert_error(client.put(f"/labels/{created.json()['id']}", json={**WELLENS, "name": other}), 409, "conflict")
+    assert_error(client.put(f"/labels/{created.json()['id']}", json={**WELLENS, "name": other}, headers=ANY_REVISION), 409, "conflict")
 
 
 def test_label_set_crud(client):
@@ -119,11 +120,11 @@ def test_label_set_crud(client):
     assert_error(client.post("/label-sets", json={"name": "crud-set", "labels": names[:1]}), 409, "conflict")
     assert "crud-set" in {s["name"] for s in client.get("/label-sets").json()}
 
-    swapped = client.put("/label-sets/crud-set", json={"name": "crud-set", "labels": [names[1], names[0]]})
+    swapped = client.put("/label-sets/crud-set", json={"name": "crud-set", "description": "", "labels": [names[1], names[0]]}, headers=ANY_REVISION)
     assert swapped.status_code == 200
     v_b = swapped.json()["version"]
     assert v_b != v_a  # order is content
-    grown = client.put("/label-sets/crud-set", json={"name": "crud-set", "labels": names})
+    grown = client.put("/label-sets/crud-set", json={"name": "crud-set", "description": "", "labels": names}, headers=ANY_REVISION)
     assert grown.json()["labels"] == names
     assert client.get("/label-sets/crud-set", params={"version": v_a}).json()["labels"] == names[:2]
     assert client.get("/label-sets/crud-set", params={"version": v_b}).json()["labels"] == [names[1], names[0]]
@@ -136,7 +137,7 @@ def test_label_set_crud(client):
 
     assert_error(client.get("/label-sets/no-such-set"), 404, "not_found")
     assert_error(client.get("/label-sets/default", params={"version": "0000000000000000"}), 404, "not_found")
-    assert_error(client.put("/label-sets/no-such-set", json={"name": "no-such-set", "labels": names[:1]}),
+    assert_error(client.put("/label-sets/no-such-set", json={"name": "no-such-set", "description": "", "labels": names[:1]}, headers=ANY_REVISION),
                  404, "not_found")
     assert_error(client.delete("/label-sets/no-such-set"), 404, "not_found")
     assert_error(client.post("/label-sets", json={"name": "bad-set", "labels": ["no such label"]}), 404, "not_found")

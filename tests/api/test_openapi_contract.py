@@ -27,7 +27,7 @@ from app.api.openapi import finish_document
 from app.api.schemas import ErrorCode
 
 from .conftest import make_settings
-from .helpers import ecg_json, read_record, record_files, upload, upload_bytes
+from .helpers import ANY_REVISION, ecg_json, read_record, record_files, upload, upload_bytes
 
 DOCUMENT_URI = "urn:ecgfm-ked:openapi"
 FHIR_JSON = "application/fhir+json"
@@ -117,7 +117,7 @@ def scenario(method: str, path: str) -> Callable[[Scenario], Scenario]:
 def _label(name: str, **extra: Any) -> dict[str, Any]:
     return {"name": name, "description": "Contract-test diagnosis: a QRS duration of at least 120 ms with an rSR' "
                                          "pattern in V1-V2 and a wide slurred S wave in I and V6.",
-            "codes": {}, "encode_text": "description", **extra}
+            "synonyms": [], "codes": {}, "encode_text": "description", **extra}
 
 
 def _check_error(contract: Contract, resp: httpx.Response, method: str, path: str, status: int, code: str) -> None:
@@ -238,12 +238,15 @@ def _update_label(client: TestClient, unready: TestClient, contract: Contract) -
     created = client.post("/labels", json=_label("contract put")).json()
     client.post("/labels", json=_label("contract put other"))
     url = f"/labels/{created['id']}"
-    body = contract.check(client.put(url, json=_label("contract put", synonyms=["rsr prime"])), m, p, 200)
+    body = contract.check(client.put(url, json=_label("contract put", synonyms=["rsr prime"]), headers=ANY_REVISION), m, p, 200)
     assert body["synonyms"] == ["rsr prime"]
-    _check_error(contract, client.put(url, json=_label("contract put other")), m, p, 409, "conflict")
-    _check_error(contract, client.put(url, json=_label("contract put", description="")), m, p, 400, "invalid_input")
-    _check_error(contract, client.put("/labels/987654", json=_label("contract put")), m, p, 404, "not_found")
-    _check_error(contract, client.put(url, json={"name": "contract put"}), m, p, 422, "invalid_request")
+    _check_error(contract, client.put(url, json=_label("contract put other"), headers=ANY_REVISION), m, p, 409, "conflict")
+    _check_error(contract, client.put(url, json=_label("contract put", description=""), headers=ANY_REVISION), m, p, 400, "invalid_input")
+    _check_error(contract, client.put("/labels/987654", json=_label("contract put"), headers=ANY_REVISION), m, p, 404, "not_found")
+    _check_error(contract, client.put(url, json={"name": "contract put"}, headers=ANY_REVISION), m, p, 422, "invalid_request")
+    _check_error(contract, client.put(url, json=_label("contract put")), m, p, 428, "precondition_required")
+    _check_error(contract, client.put(url, json=_label("contract put"), headers={"If-Match": '"1"'}), m, p, 409,
+                 "version_conflict")
 
 
 @scenario("DELETE", "/labels/{label_id}")
@@ -298,13 +301,39 @@ def _update_label_set(client: TestClient, unready: TestClient, contract: Contrac
     m, p = "PUT", "/label-sets/{name}"
     names = _two_label_names(client)
     client.post("/label-sets", json={"name": "contract-put-set", "labels": names})
-    body = contract.check(client.put("/label-sets/contract-put-set", json={"name": "contract-put-set",
-                                                                           "labels": names[::-1]}), m, p, 200)
+    body = contract.check(client.put("/label-sets/contract-put-set", json={"name": "contract-put-set", "description": "",
+                                                                           "labels": names[::-1]}, headers=ANY_REVISION), m, p, 200)
     assert body["labels"] == names[::-1]
-    _check_error(contract, client.put("/label-sets/no-such-set", json={"name": "no-such-set", "labels": names}),
+    _check_error(contract, client.put("/label-sets/no-such-set", json={"name": "no-such-set", "description": "", "labels": names}, headers=ANY_REVISION),
                  m, p, 404, "not_found")
-    _check_error(contract, client.put("/label-sets/contract-put-set", json={"name": "contract-put-set"}), m, p, 422,
+    _check_error(contract, client.put("/label-sets/contract-put-set", json={"name": "contract-put-set"}, headers=ANY_REVISION), m, p, 422,
                  "invalid_request")
+    same = {"name": "contract-put-set", "description": "", "labels": names}
+    _check_error(contract, client.put("/label-sets/contract-put-set", json=same), m, p, 428, "precondition_required")
+    _check_error(contract, client.put("/label-sets/contract-put-set", json=same, headers={"If-Match": '"1"'}), m, p,
+                 409, "version_conflict")
+
+
+@scenario("POST", "/labels/{label_id}/restore")
+def _restore_label(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    m, p = "POST", "/labels/{label_id}/restore"
+    builtin = next(label for label in client.get("/labels").json() if label["builtin"] and label["label_sets"])
+    assert client.delete(f"/labels/{builtin['id']}", params={"force": "true"}).status_code == 204
+    body = contract.check(client.post(f"/labels/{builtin['id']}/restore"), m, p, 200)
+    assert body["deleted_at"] is None and body["revision"] == builtin["revision"] + 2
+    assert sorted(body["label_sets"]) == sorted(builtin["label_sets"])  # back in its sets
+    _check_error(contract, client.post("/labels/987654/restore"), m, p, 404, "not_found")
+    _check_error(contract, client.post("/labels/not-a-number/restore"), m, p, 422, "invalid_request")
+
+
+@scenario("POST", "/label-sets/{name}/restore")
+def _restore_label_set(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    m, p = "POST", "/label-sets/{name}/restore"
+    builtin = next(s for s in client.get("/label-sets").json() if s["builtin"] and s["name"] != "default")
+    assert client.delete(f"/label-sets/{builtin['name']}").status_code == 204
+    body = contract.check(client.post(f"/label-sets/{builtin['name']}/restore"), m, p, 200)
+    assert body["labels"] == builtin["labels"] and body["deleted_at"] is None
+    _check_error(contract, client.post("/label-sets/no-such-set/restore"), m, p, 404, "not_found")
 
 
 @scenario("DELETE", "/label-sets/{name}")

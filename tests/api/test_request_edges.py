@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from tests.api.conftest import MakeSettings, leftover_uploads
-from tests.api.helpers import assert_error, ecg_json, read_record, record_files, upload
+from tests.api.helpers import ANY_REVISION, assert_error, ecg_json, read_record, record_files, upload
 
 LIMIT_MB = 1.0
 LIMIT_BYTES = int(LIMIT_MB * 1024 * 1024)
@@ -147,7 +147,7 @@ CONTROL_TEXTS = ("nul\x00inside", "bell\x07", "esc\x1b[31m", "del\x7f")
 def _label_edges(client: TestClient) -> None:
     for label_id in BAD_IDS:
         assert_error(client.get(f"/labels/{label_id}"), 422, "invalid_request")
-        assert_error(client.put(f"/labels/{label_id}", json=WELLENS), 422, "invalid_request")
+        assert_error(client.put(f"/labels/{label_id}", json=WELLENS, headers=ANY_REVISION), 422, "invalid_request")
         assert_error(client.delete(f"/labels/{label_id}"), 422, "invalid_request")
     assert_error(client.get(f"/labels/{2**31 - 1}"), 404, "not_found")
     for text in CONTROL_TEXTS:
@@ -163,7 +163,7 @@ def _label_edges(client: TestClient) -> None:
         path = f"/label-sets/{quote(text, safe='')}"  # percent-encoded: a URL cannot carry them raw
         assert_error(client.get(path), 422, "invalid_request")
         assert_error(client.delete(path), 422, "invalid_request")
-        assert_error(client.put(path, json={"name": "x", "labels": ["sinus rhythm"]}),
+        assert_error(client.put(path, json={"name": "x", "description": "", "labels": ["sinus rhythm"]}, headers=ANY_REVISION),
                      422, "invalid_request")
     err = assert_error(client.post("/labels", json={**WELLENS, "name": ""}), 422, "invalid_request")
     assert "name" in err["message"]

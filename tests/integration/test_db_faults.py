@@ -18,6 +18,8 @@ import pytest
 
 from tests.fixtures.pg_cluster import PgCluster  # its `cluster` fixture comes from tests/conftest.py
 
+from tests.api.helpers import ANY_REVISION
+
 from ._server import Server, e07500_files
 
 CALL_TIMEOUT_S = 3
@@ -100,7 +102,7 @@ def _assert_down(c: httpx.Client) -> None:
     assert w.headers["Retry-After"] == str(RETRY_AFTER_S)
     assert w.json()["error"]["code"] == "database_unavailable"
     assert took < CALL_TIMEOUT_S + 3.0, took
-    s = c.put("/label-sets/cinc2021", json={"name": "cinc2021", "labels": ["sinus rhythm"]})
+    s = c.put("/label-sets/cinc2021", json={"name": "cinc2021", "description": "", "labels": ["sinus rhythm"]}, headers=ANY_REVISION)
     assert s.status_code == 503 and s.headers["Retry-After"] == str(RETRY_AFTER_S), s.text
 
     d = _diagnose(c)

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.api.helpers import ANY_REVISION
+
 from ._server import e07500_files
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.postgres]
@@ -85,8 +87,8 @@ def test_set_edited_on_a_is_used_by_the_next_diagnose_on_b(pair) -> None:
     r = ca.post("/labels", json={"name": "pg panel extra", "description": "added by process A",
                                  "encode_text": "description"})
     assert r.status_code == 201, r.text
-    r = ca.put("/label-sets/pg-panel", json={"name": "pg-panel",
-                                             "labels": ["sinus rhythm", "atrial fibrillation", "pg panel extra"]})
+    r = ca.put("/label-sets/pg-panel", json={"name": "pg-panel", "description": "",
+                                             "labels": ["sinus rhythm", "atrial fibrillation", "pg panel extra"]}, headers=ANY_REVISION)
     assert r.status_code == 200, r.text
     v2 = r.json()["version"]
     assert v2 != v1

@@ -44,9 +44,9 @@ def pg_store(cluster: PgCluster) -> Iterator[KnowledgeStore]:
 
 
 def _seed(store: KnowledgeStore) -> None:
-    store.create_label(LabelDraft(name="sinus rhythm", description="normal sinus rhythm"))
-    store.create_label(LabelDraft(name="atrial fibrillation", description="irregularly irregular rhythm"))
-    store.create_label_set(LabelSetDraft(name="rhythm", label_names=("sinus rhythm", "atrial fibrillation")))
+    store.create_label(LabelDraft(name="sinus rhythm", description="normal sinus rhythm"), actor="test")
+    store.create_label(LabelDraft(name="atrial fibrillation", description="irregularly irregular rhythm"), actor="test")
+    store.create_label_set(LabelSetDraft(name="rhythm", label_names=("sinus rhythm", "atrial fibrillation")), actor="test")
 
 
 def _timed(fn):  # type: ignore[no-untyped-def]
@@ -96,7 +96,7 @@ def test_stopped_database_serves_used_sets_from_memory_refuses_writes_and_recove
         assert took < HANG_BOUND_S
         assert not pg_store.guard.health.ok and "unreachable" in (pg_store.guard.health.problem or "")
 
-        err, _ = _timed(lambda: pg_store.create_label(LabelDraft(name="flutter", description="atrial flutter")))
+        err, _ = _timed(lambda: pg_store.create_label(LabelDraft(name="flutter", description="atrial flutter"), actor="test"))
         assert isinstance(err, DatabaseUnavailable), err
         assert err.retry_after_s == 7 and err.code == "database_unavailable"
         assert "127.0.0.1" not in err.message and "/" not in err.message  # no server details leak
@@ -108,7 +108,7 @@ def test_stopped_database_serves_used_sets_from_memory_refuses_writes_and_recove
     time.sleep(0.6)  # past the guard's probe interval: the next read asks the database again
     after = _wait_until_ok(lambda: reader.get("rhythm"))
     assert not after.served_from_memory and after.version == before.version
-    created = _wait_until_ok(lambda: pg_store.create_label(LabelDraft(name="flutter", description="atrial flutter")))
+    created = _wait_until_ok(lambda: pg_store.create_label(LabelDraft(name="flutter", description="atrial flutter"), actor="test"))
     assert created.name == "flutter" and pg_store.guard.health.ok
 
 
@@ -136,7 +136,7 @@ def test_frozen_database_bounds_every_call_and_recovers(cluster: PgCluster, pg_s
         assert took < 0.5, took
 
         err, took = _timed(lambda: pg_store.update_label_set(
-            "rhythm", LabelSetDraft(name="rhythm", label_names=("sinus rhythm",))))
+            "rhythm", LabelSetDraft(name="rhythm", label_names=("sinus rhythm",)), actor="test"))
         assert isinstance(err, DatabaseUnavailable), err  # connect timeout or the guard's deadline
         assert err.retry_after_s == 7
         assert took < 4.0 + 1.5, took
@@ -153,7 +153,7 @@ def test_frozen_database_bounds_every_call_and_recovers(cluster: PgCluster, pg_s
     after = _wait_until_ok(lambda: reader.get("rhythm"))
     assert not after.served_from_memory
     updated = _wait_until_ok(lambda: pg_store.update_label_set(
-        "rhythm", LabelSetDraft(name="rhythm", label_names=("sinus rhythm",))))
+        "rhythm", LabelSetDraft(name="rhythm", label_names=("sinus rhythm",)), actor="test"))
     assert updated.label_names == ("sinus rhythm",)
     assert reader.get("rhythm").version == updated.version
 
@@ -181,11 +181,11 @@ def test_sqlite_busy_timeout_gives_unavailable_not_a_hang(tmp_path: Path) -> Non
     try:
         with db.write_tx(holder):  # holds the write lock
             store = KnowledgeStore(engine)
-            got, took = _timed(lambda: store.create_label(LabelDraft(name="x", description="y")))
+            got, took = _timed(lambda: store.create_label(LabelDraft(name="x", description="y"), actor="test"))
         assert isinstance(got, DatabaseUnavailable), got
         assert took < HANG_BOUND_S
         assert "k.db" not in got.message and str(tmp_path) not in got.message
-        assert store.create_label(LabelDraft(name="x", description="y")).name == "x"  # lock gone: works
+        assert store.create_label(LabelDraft(name="x", description="y"), actor="test").name == "x"  # lock gone: works
     finally:
         holder.dispose()
         engine.dispose()

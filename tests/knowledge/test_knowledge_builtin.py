@@ -103,16 +103,16 @@ def test_seeding_inserts_everything_once(store: KnowledgeStore) -> None:
 
 
 def test_seeding_never_overwrites_or_resurrects(store: KnowledgeStore) -> None:
-    mine = store.create_label(draft("Atrial Fibrillation", "My own wording."))
+    mine = store.create_label(draft("Atrial Fibrillation", "My own wording."), actor="test")
     seed_builtin(store)
     assert store.get_label(mine.id).description == "My own wording."
     assert store.get_label_set("cinc2021").labels[0].id == mine.id
 
     rbbb = store.get_label_by_name("right bundle branch block")
-    store.update_label(rbbb.id, draft(rbbb.name, "Edited by a cardiologist.", encode_text="name"))
+    store.update_label(rbbb.id, draft(rbbb.name, "Edited by a cardiologist.", encode_text="name"), actor="test")
     bigeminy = store.get_label_by_name("bigeminy")
-    store.delete_label(bigeminy.id, force=True)
-    store.delete_label_set("cinc2021")
+    store.delete_label(bigeminy.id, force=True, actor="test")
+    store.delete_label_set("cinc2021", actor="test")
     edited = store.get_label_set("default")
 
     report = seed_builtin(store)
@@ -136,8 +136,8 @@ def test_seeding_a_second_process_adds_nothing(
 
 
 def test_user_set_with_builtin_name_is_kept(store: KnowledgeStore) -> None:
-    store.create_label(draft("x"))
-    store.create_label_set(LabelSetDraft("default", "mine", ("x",)))
+    store.create_label(draft("x"), actor="test")
+    store.create_label_set(LabelSetDraft("default", "mine", ("x",)), actor="test")
     report = seed_builtin(store)
     assert report.label_sets_added == ["cinc2021"]
     assert store.get_label_set("default").label_names == ("x",)

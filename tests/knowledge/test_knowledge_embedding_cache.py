@@ -112,9 +112,9 @@ def test_embedder_returning_wrong_shape_is_reported(engine: Engine) -> None:
 def test_label_set_vectors_use_text_for_encoder_and_lru(
     store: KnowledgeStore, engine: Engine, embedder: HashEmbedder
 ) -> None:
-    store.create_label(draft("sinus rhythm", encode_text="name"))
-    store.create_label(draft("novel finding", "Description the encoder reads."))
-    store.create_label_set(LabelSetDraft("panel", "", ("novel finding", "sinus rhythm")))
+    store.create_label(draft("sinus rhythm", encode_text="name"), actor="test")
+    store.create_label(draft("novel finding", "Description the encoder reads."), actor="test")
+    store.create_label_set(LabelSetDraft("panel", "", ("novel finding", "sinus rhythm")), actor="test")
     sets = LabelSetVectors(EmbeddingCache(engine), max_entries=2)
 
     vectors, stats = sets.vectors_for_label_set(store.get_label_set("panel"), embedder)
@@ -127,7 +127,7 @@ def test_label_set_vectors_use_text_for_encoder_and_lru(
     assert len(embedder.calls) == 1
 
     novel = store.get_label_by_name("novel finding")
-    store.update_label(novel.id, draft("novel finding", "Edited description."))
+    store.update_label(novel.id, draft("novel finding", "Edited description."), actor="test")
     edited, stats = sets.vectors_for_label_set(store.get_label_set("panel"), embedder)
     assert embedder.calls[-1] == ["Edited description."]
     assert stats == CacheStats(hits=1, misses=1)
@@ -138,8 +138,8 @@ def test_label_set_vectors_use_text_for_encoder_and_lru(
 
 
 def test_cached_answers_only_from_memory(store: KnowledgeStore, engine: Engine, embedder: HashEmbedder) -> None:
-    store.create_label(draft("sinus rhythm", encode_text="name"))
-    store.create_label_set(LabelSetDraft("panel", "", ("sinus rhythm",)))
+    store.create_label(draft("sinus rhythm", encode_text="name"), actor="test")
+    store.create_label_set(LabelSetDraft("panel", "", ("sinus rhythm",)), actor="test")
     panel = store.get_label_set("panel")
     cache = EmbeddingCache(engine)
     cache.vectors_for(["sinus rhythm"], embedder)  # in the database, not yet in this LRU

@@ -18,7 +18,7 @@ def test_create_then_read_back_by_id_and_name(store: KnowledgeStore) -> None:
             "Coved ST elevation of 2 mm or more followed by a negative T wave in V1-V2.",
             synonyms=("Brugada type 1",),
             codes={"SNOMED CT": "418818005"},
-        )
+        ), actor="test"
     )
     assert created.id > 0
     assert created.encode_text == "description"
@@ -32,24 +32,24 @@ def test_create_then_read_back_by_id_and_name(store: KnowledgeStore) -> None:
 
 
 def test_text_for_encoder_follows_encode_text(store: KnowledgeStore) -> None:
-    by_name = store.create_label(draft("sinus rhythm", encode_text="name"))
-    by_text = store.create_label(draft("odd finding", "A finding the encoder never saw by name."))
+    by_name = store.create_label(draft("sinus rhythm", encode_text="name"), actor="test")
+    by_text = store.create_label(draft("odd finding", "A finding the encoder never saw by name."), actor="test")
     assert by_name.text_for_encoder == "sinus rhythm"
     assert by_text.text_for_encoder == "A finding the encoder never saw by name."
 
 
 def test_names_are_unique_ignoring_case_and_spacing(store: KnowledgeStore) -> None:
-    first = store.create_label(draft("atrial fibrillation"))
+    first = store.create_label(draft("atrial fibrillation"), actor="test")
     with pytest.raises(Conflict, match="atrial fibrillation") as info:
-        store.create_label(draft("Atrial  Fibrillation"))
+        store.create_label(draft("Atrial  Fibrillation"), actor="test")
     assert info.value.details["label_id"] == first.id
     assert len(store.list_labels()) == 1
 
 
 def test_update_replaces_content_and_keeps_id(store: KnowledgeStore) -> None:
-    label = store.create_label(draft("lvh", "old text"))
+    label = store.create_label(draft("lvh", "old text"), actor="test")
     updated = store.update_label(
-        label.id, draft("LVH", "new text", synonyms=("left ventricular hypertrophy",))
+        label.id, draft("LVH", "new text", synonyms=("left ventricular hypertrophy",)), actor="test"
     )
     assert updated.id == label.id
     assert (updated.name, updated.description) == ("LVH", "new text")
@@ -59,10 +59,10 @@ def test_update_replaces_content_and_keeps_id(store: KnowledgeStore) -> None:
 
 
 def test_update_to_another_labels_name_conflicts(store: KnowledgeStore) -> None:
-    store.create_label(draft("rbbb"))
-    other = store.create_label(draft("lbbb"))
+    store.create_label(draft("rbbb"), actor="test")
+    other = store.create_label(draft("lbbb"), actor="test")
     with pytest.raises(Conflict, match="rbbb"):
-        store.update_label(other.id, draft("RBBB"))
+        store.update_label(other.id, draft("RBBB"), actor="test")
     assert store.get_label(other.id).name == "lbbb"
 
 
@@ -72,9 +72,9 @@ def test_missing_labels_are_not_found(store: KnowledgeStore) -> None:
     with pytest.raises(NotFound, match="'no such label'"):
         store.get_label_by_name("no such label")
     with pytest.raises(NotFound, match="id 4242"):
-        store.update_label(4242, draft("x"))
+        store.update_label(4242, draft("x"), actor="test")
     with pytest.raises(NotFound, match="id 4242"):
-        store.delete_label(4242)
+        store.delete_label(4242, actor="test")
 
 
 @pytest.mark.parametrize(
@@ -89,20 +89,20 @@ def test_missing_labels_are_not_found(store: KnowledgeStore) -> None:
 )
 def test_invalid_drafts_are_refused(store: KnowledgeStore, bad: LabelDraft, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
-        store.create_label(bad)
+        store.create_label(bad, actor="test")
     assert store.list_labels() == []
 
 
 def test_name_encoded_label_may_have_empty_description(store: KnowledgeStore) -> None:
-    label = store.create_label(LabelDraft(name="sinus rhythm", description="", encode_text="name"))
+    label = store.create_label(LabelDraft(name="sinus rhythm", description="", encode_text="name"), actor="test")
     assert label.text_for_encoder == "sinus rhythm"
 
 
 def test_create_label_into_sets_appends_it(store: KnowledgeStore) -> None:
-    store.create_label(draft("a"))
-    store.create_label_set(LabelSetDraft("panel", "", ("a",)))
+    store.create_label(draft("a"), actor="test")
+    store.create_label_set(LabelSetDraft("panel", "", ("a",)), actor="test")
     before = store.get_label_set("panel").version
-    store.create_label(draft("b", label_sets=("panel",)))
+    store.create_label(draft("b", label_sets=("panel",)), actor="test")
     after = store.get_label_set("panel")
     assert after.label_names == ("a", "b")
     assert after.version != before
@@ -110,36 +110,36 @@ def test_create_label_into_sets_appends_it(store: KnowledgeStore) -> None:
 
 def test_create_label_into_missing_set_creates_nothing(store: KnowledgeStore) -> None:
     with pytest.raises(NotFound, match="no label set named 'ghost'"):
-        store.create_label(draft("b", label_sets=("ghost",)))
+        store.create_label(draft("b", label_sets=("ghost",)), actor="test")
     with pytest.raises(NotFound):
         store.get_label_by_name("b")
 
 
 def test_delete_unused_label(store: KnowledgeStore) -> None:
-    label = store.create_label(draft("a"))
-    assert store.delete_label(label.id) == []
+    label = store.create_label(draft("a"), actor="test")
+    assert store.delete_label(label.id, actor="test") == []
     with pytest.raises(NotFound):
         store.get_label(label.id)
 
 
 def test_delete_label_in_sets_is_refused_naming_the_sets(store: KnowledgeStore) -> None:
-    a = store.create_label(draft("a"))
-    store.create_label(draft("b"))
-    store.create_label_set(LabelSetDraft("panel one", "", ("a", "b")))
-    store.create_label_set(LabelSetDraft("panel two", "", ("b", "a")))
+    a = store.create_label(draft("a"), actor="test")
+    store.create_label(draft("b"), actor="test")
+    store.create_label_set(LabelSetDraft("panel one", "", ("a", "b")), actor="test")
+    store.create_label_set(LabelSetDraft("panel two", "", ("b", "a")), actor="test")
     with pytest.raises(Conflict, match="panel one.*panel two") as info:
-        store.delete_label(a.id)
+        store.delete_label(a.id, actor="test")
     assert info.value.details["label_sets"] == ["panel one", "panel two"]
     assert store.get_label(a.id) == a
     assert store.label_sets_of(a.id) == ["panel one", "panel two"]
 
 
 def test_forced_delete_removes_label_from_sets_and_bumps_versions(store: KnowledgeStore) -> None:
-    a = store.create_label(draft("a"))
-    store.create_label(draft("b"))
-    store.create_label(draft("c"))
-    old = store.create_label_set(LabelSetDraft("panel", "kept", ("a", "b", "c")))
-    assert store.delete_label(a.id, force=True) == ["panel"]
+    a = store.create_label(draft("a"), actor="test")
+    store.create_label(draft("b"), actor="test")
+    store.create_label(draft("c"), actor="test")
+    old = store.create_label_set(LabelSetDraft("panel", "kept", ("a", "b", "c")), actor="test")
+    assert store.delete_label(a.id, force=True, actor="test") == ["panel"]
     now = store.get_label_set("panel")
     assert now.label_names == ("b", "c")
     assert now.description == "kept"

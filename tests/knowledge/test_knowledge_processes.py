@@ -34,8 +34,8 @@ def test_sqlite_engine_creates_folder_and_uses_wal(tmp_path: Path) -> None:
 def test_everything_survives_a_restart(engine_factory: EngineFactory) -> None:
     first = engine_factory()
     store = KnowledgeStore(first)
-    store.create_label(draft("a"))
-    created = store.create_label_set(LabelSetDraft("panel", "d", ("a",)))
+    store.create_label(draft("a"), actor="test")
+    created = store.create_label_set(LabelSetDraft("panel", "d", ("a",)), actor="test")
     first.dispose()
 
     again = KnowledgeStore(engine_factory())
@@ -45,18 +45,18 @@ def test_everything_survives_a_restart(engine_factory: EngineFactory) -> None:
 
 def test_two_processes_see_each_others_changes_at_commit(engine_factory: EngineFactory) -> None:
     one, two = KnowledgeStore(engine_factory()), KnowledgeStore(engine_factory())
-    label = one.create_label(draft("a"))
+    label = one.create_label(draft("a"), actor="test")
     assert two.get_label(label.id) == label
-    two.create_label_set(LabelSetDraft("panel", "", ("a",)))
+    two.create_label_set(LabelSetDraft("panel", "", ("a",)), actor="test")
     before = one.get_label_set("panel")
 
-    two.update_label(label.id, draft("a", "edited in process two"))
+    two.update_label(label.id, draft("a", "edited in process two"), actor="test")
     after = one.get_label_set("panel")
     assert after.labels[0].description == "edited in process two"
     assert after.version != before.version
     assert one.get_label_set_version("panel", before.version) == before
 
-    one.delete_label(label.id, force=True)
+    one.delete_label(label.id, force=True, actor="test")
     assert two.get_label_set("panel").labels == ()
 
 
@@ -79,7 +79,7 @@ def test_racing_creation_of_one_name_one_wins_other_conflicts(
 
     def create_in_process_two() -> None:
         try:
-            outcome.append(two.create_label(draft("contested")))
+            outcome.append(two.create_label(draft("contested"), actor="test"))
         except Conflict as exc:
             outcome.append(exc)
 
@@ -97,15 +97,15 @@ def test_racing_creation_of_one_name_one_wins_other_conflicts(
 def test_concurrent_set_edits_all_get_snapshots(engine_factory: EngineFactory) -> None:
     stores = [KnowledgeStore(engine_factory()) for _ in range(2)]
     for name in ("a", "b"):
-        stores[0].create_label(draft(name))
-    stores[0].create_label_set(LabelSetDraft("panel", "", ("a", "b")))
+        stores[0].create_label(draft(name), actor="test")
+    stores[0].create_label_set(LabelSetDraft("panel", "", ("a", "b")), actor="test")
     errors: list[BaseException] = []
 
     def edit(store: KnowledgeStore, name: str) -> None:
         try:
             label = store.get_label_by_name(name)
             for i in range(4):
-                store.update_label(label.id, draft(name, f"{name} revision {i}"))
+                store.update_label(label.id, draft(name, f"{name} revision {i}"), actor="test")
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -125,7 +125,7 @@ def test_concurrent_set_edits_all_get_snapshots(engine_factory: EngineFactory) -
 
 def test_schema_creation_at_every_start_keeps_data(engine_factory: EngineFactory) -> None:
     one = engine_factory()
-    KnowledgeStore(one).create_label(draft("a"))
+    KnowledgeStore(one).create_label(draft("a"), actor="test")
     db.create_schema(one)
     db.create_schema(engine_factory())
     assert [label.name for label in KnowledgeStore(engine_factory()).list_labels()] == ["a"]
