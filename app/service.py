@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 
 from app.access.keys import KeyStore, KeyVerifier
 from app.access.scopes import COMMAND_LINE
+from app.ecg.parse_pool import ParsePool, ParsePoolOptions
 from app.ecg.uploads import UploadLimits
 from app.errors import DatabaseUnavailable
 from app.knowledge import db
@@ -29,6 +30,7 @@ from app.knowledge.embedding_cache import EmbeddingCache, LabelSetVectors
 from app.knowledge.guard import DatabaseGuard
 from app.knowledge.store import KnowledgeStore, LabelSetReader
 from app.knowledge.types import LabelDraft
+from app.ops import metrics
 from app.ops.settings import Settings
 from app.serving.runtime import ModelRuntime, RuntimeOptions, load_runtime
 from app.usecases.diagnose import DiagnoseService
@@ -54,6 +56,7 @@ class Service:
     diagnose: DiagnoseService
     limits: UploadLimits
     keys: KeyVerifier
+    parse_pool: ParsePool | None = None  # None: uploads are read in this process (parse_workers = 0)
 
     def database_ok(self) -> bool:
         return self.database_problem() is None
@@ -74,8 +77,11 @@ class Service:
         return None
 
     def close(self) -> None:
-        """Stop the request-work thread and release the database (the scorer is stopped by its owner)."""
+        """Stop the request-work thread and the parse workers (no process is left behind) and release
+        the database (the scorer is stopped by its owner)."""
         self.diagnose.close()
+        if self.parse_pool is not None:
+            self.parse_pool.close()
         self.engine.dispose()
 
 
@@ -84,6 +90,19 @@ def upload_limits(settings: Settings) -> UploadLimits:
         max_upload_bytes=int(settings.max_upload_mb * MiB), max_files=settings.max_files,
         max_archive_members=settings.max_archive_members, max_unpacked_bytes=int(settings.max_unpacked_mb * MiB),
     )
+
+
+def parse_pool_options(settings: Settings) -> ParsePoolOptions:
+    return ParsePoolOptions(workers=settings.parse_workers, timeout_s=settings.parse_timeout_s,
+                            memory_bytes=settings.parse_memory_mb * MiB, nice=settings.parse_nice)
+
+
+def start_parse_pool(settings: Settings) -> ParsePool | None:
+    """The started (warm) parse pool ``settings`` ask for, or None for ``parse_workers = 0``."""
+    if settings.parse_workers == 0:
+        return None
+    return ParsePool(parse_pool_options(settings), on_failure=metrics.record_parse_failure,
+                     on_busy=metrics.set_parse_workers_busy).start()
 
 
 def load_model(settings: Settings) -> ModelRuntime:
@@ -95,11 +114,14 @@ def load_model(settings: Settings) -> ModelRuntime:
                                                            thread_nice=settings.model_thread_nice))
 
 
-def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, seed_builtins: bool = True) -> Service:
+def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, seed_builtins: bool = True,
+                  parse_in_process: bool = False) -> Service:
     """Load the model (unless ``runtime`` is given) and open the database named by ``settings``.
 
     ``seed_builtins`` adds the built-in labels and label sets that are not there yet (never
     overwriting edits); off only for a private database that must hold nothing else.
+    ``parse_in_process``: read uploads in this process whatever ``parse_workers`` says (the
+    command line reads the operator's own files; it needs no worker processes).
     """
     runtime = runtime or load_model(settings)
     if settings.database_url is None:
@@ -117,19 +139,27 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
     cache = EmbeddingCache(engine, guard=guard)
     embedder = RuntimeEmbedder(runtime)
     scorer = Scorer(runtime, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000)
-    diagnose = DiagnoseService(
-        store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
-        default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
-        max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
-        label_sets=LabelSetReader(store, fallback_deadline_s=settings.database_fallback_timeout_s),
-    )
-    keys = KeyVerifier(KeyStore(engine, guard=guard), cache_s=settings.key_cache_s)
+    # started (warm) after the model and the database: a missing bundle starts no process
+    parse_pool = None if parse_in_process else start_parse_pool(settings)
+    try:
+        diagnose = DiagnoseService(
+            store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
+            default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
+            max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
+            label_sets=LabelSetReader(store, fallback_deadline_s=settings.database_fallback_timeout_s),
+            parse_pool=parse_pool,
+        )
+        keys = KeyVerifier(KeyStore(engine, guard=guard), cache_s=settings.key_cache_s)
+    except BaseException:
+        if parse_pool is not None:
+            parse_pool.close()
+        raise
     if settings.auth == "disabled":
         log.warning("AUTHENTICATION IS DISABLED (ECGFM_AUTH=disabled): anyone who can reach this service may "
                     "score, change every label and label set, and manage keys. Never run it like this where "
                     "clinicians rely on the answers.")
     return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings),
-                   keys)
+                   keys, parse_pool)
 
 
 def database_options(settings: Settings) -> DatabaseOptions:
@@ -152,7 +182,7 @@ def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft
     anywhere. Their vectors are computed for this run only.
     """
     if not adhoc_labels:
-        service = build_service(settings)
+        service = build_service(settings, parse_in_process=True)
         try:
             with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
                 yield scorer
@@ -163,7 +193,7 @@ def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft
     runtime = load_model(settings)  # first: a missing bundle is reported before anything is written
     with tempfile.TemporaryDirectory(prefix="ecgfm-adhoc-") as scratch:
         private = replace_database(settings, Path(scratch) / "adhoc.sqlite3")
-        service = build_service(private, runtime=runtime, seed_builtins=False)
+        service = build_service(private, runtime=runtime, seed_builtins=False, parse_in_process=True)
         try:
             for draft in drafts:
                 service.store.create_label(replace(draft, label_sets=()), actor=COMMAND_LINE.name)

@@ -27,6 +27,7 @@ entrypoint) owns the directory: it must exist and be emptied at start
 into the new one. Gauge aggregation across processes:
 
 * ``ecgfm_batch_queue_depth`` -- ``livesum``: total queued windows of the live workers.
+* ``ecgfm_parse_workers_busy`` -- ``livesum``: parse processes reading a file, all server workers.
 * ``ecgfm_model_info`` -- ``livemax``: one series per distinct label set, value 1.
 * ``ecgfm_ready`` -- ``livemax``: 1 when at least one live worker is ready. (``livemin``
   would be stricter, but any process that merely imports this module -- the supervisor,
@@ -177,6 +178,17 @@ ADMITTED_ECGS = Gauge(
     "ECGs in /diagnose requests admitted and not yet answered (bounded by ECGFM_MAX_QUEUED_ECGS).",
     multiprocess_mode="livesum",
 )
+PARSE_FAILURES = Counter(  # bounded work per upload (app/ecg/parse_pool.py)
+    "ecgfm_parse_failures",
+    "Uploaded files whose reading was stopped, by reason: timeout (past ECGFM_PARSE_TIMEOUT_S, worker killed), "
+    "memory (past ECGFM_PARSE_MEMORY_MB), crashed (the reader process ended); the worker is replaced each time.",
+    ["reason"],
+)
+PARSE_WORKERS_BUSY = Gauge(
+    "ecgfm_parse_workers_busy",
+    "Parse worker processes reading a file now (of ECGFM_PARSE_WORKERS per server process).",
+    multiprocess_mode="livesum",
+)
 READY = Gauge(
     "ecgfm_ready",
     "1 when the model is loaded and the database is reachable.",
@@ -201,6 +213,8 @@ METRIC_NAMES: frozenset[str] = frozenset(
         "ecgfm_ready",
         "ecgfm_diagnose_shed",
         "ecgfm_admitted_ecgs",
+        "ecgfm_parse_failures",
+        "ecgfm_parse_workers_busy",
     }
 )
 
@@ -426,6 +440,23 @@ def set_admitted_ecgs(n: int) -> None:
     ADMITTED_ECGS.set(_count(n, "admitted ECGs"))
 
 
+PARSE_FAILURE_REASONS: tuple[str, ...] = ("timeout", "memory", "crashed")
+for _reason in PARSE_FAILURE_REASONS:  # exported at 0 from the start, like the shed reasons
+    PARSE_FAILURES.labels(reason=_reason)
+
+
+def record_parse_failure(reason: str) -> None:
+    """A file whose reading was stopped (one of ``PARSE_FAILURE_REASONS``)."""
+    if reason not in PARSE_FAILURE_REASONS:
+        raise ValueError(f"unknown parse failure reason {reason!r}; expected one of {PARSE_FAILURE_REASONS}")
+    PARSE_FAILURES.labels(reason=reason).inc()
+
+
+def set_parse_workers_busy(n: int) -> None:
+    """Parse workers holding a job now, in this server process."""
+    PARSE_WORKERS_BUSY.set(_count(n, "busy parse workers"))
+
+
 def set_ready(ready: bool) -> None:
     """1 when the model is loaded and the database is reachable, else 0."""
     READY.set(1 if ready else 0)
@@ -447,10 +478,12 @@ __all__ = [
     "record_embedding_cache",
     "record_error",
     "record_http_request",
+    "record_parse_failure",
     "record_shed",
     "render_latest",
     "set_admitted_ecgs",
     "set_model_info",
+    "set_parse_workers_busy",
     "set_queue_depth",
     "set_ready",
     "time_stage",

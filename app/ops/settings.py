@@ -88,6 +88,23 @@ class Settings(BaseSettings):
     # contend for it (measured: one halved the CPU per request at concurrency 16 on 2 cores)
     request_threads: int = Field(1, ge=1, description="threads for reading and preprocessing uploads")
 
+    # parsing uploads in worker processes (app/ecg/parse_pool.py): one bad file cannot stall or sink
+    # the others. Measured on the 2-core reference machine (shared), benchmarks/parse_pool_bench.py:
+    # the slowest valid upload, a 50 MB CSV, reads in about 13 s; the largest accepted recording
+    # (12 x 600 s x 10 kHz, 576 MB as float64) in 1-3.5 s (WFDB, NPY), needing up to 3.2 times its
+    # size in address space above a worker's baseline of about 250 MB.
+    parse_workers: int = Field(
+        2, ge=0, description="worker processes that read uploaded files, each under parse_timeout_s and "
+        "parse_memory_mb (0 = read in the server process, on the request thread)")
+    parse_timeout_s: float = Field(
+        20.0, gt=0, description="longest one file (or finding the records in an upload) may take to read; past it "
+        "the worker is killed and replaced, and the request gets 413 upload_too_large")
+    parse_memory_mb: int = Field(
+        2560, ge=128, description="address-space limit (RLIMIT_AS, MiB) of each parse worker: its baseline "
+        "(about 250 MB) + 4 x the largest accepted recording (576 MB); past it 413 upload_too_large")
+    parse_nice: int = Field(5, ge=0, le=19, description="how much lower (Linux nice) than the server the parse "
+                            "workers run, so the event loop is scheduled first")
+
     # input limits
     max_upload_mb: float = Field(50.0, gt=0)
     max_files: int = Field(64, ge=1)

@@ -6,7 +6,9 @@ read (uploads -> Recordings) -> preprocess (windows) -> panel (label set + cache
 Bounded work (for the API): ``admit()`` lets a request in only while the ECGs admitted stay
 under ``max_queued_ecgs`` and the service is not draining (else ``Overloaded`` /
 ``ShuttingDown``); ``diagnose(..., deadline=t)`` never scores a request still waiting at ``t``
-(``DeadlineExceeded``).
+(``DeadlineExceeded``). With a ``ParsePool``, uploads are read in its worker processes, each
+file under a deadline and a memory budget (``app.ecg.parse_pool``), and waiting for them holds
+neither the request thread nor the event loop.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 import numpy as np
 
 from app.contract import ModelContract
+from app.ecg.parse_pool import ParsePool
 from app.ecg.preprocess import ModelInput, preprocess
 from app.ecg.readers import discover
 from app.ecg.readers.base import ReadHints
@@ -100,9 +103,13 @@ class Timings:
 
 
 def read_uploaded_ecgs(files: Iterable[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
-                       hints: ReadHints) -> list[EcgSource]:
-    """Unpack uploads in a private temp dir (always removed) and read every record found."""
+                       hints: ReadHints, pool: ParsePool | None = None) -> list[EcgSource]:
+    """Unpack uploads in a private temp dir (always removed) and read every record found: in this
+    process, or with ``pool`` in its workers (the same records, names and order; the folder is
+    unpacked here either way, under the upload limits, and only its path crosses)."""
     with unpacked_upload(files, limits) as directory:
+        if pool is not None:
+            return [EcgSource(recording, filename=name) for name, recording in pool.read_records(directory, hints)]
         found = discover(directory)
         return [EcgSource(reader.read(path, hints), filename=path.name) for reader, path in found]
 
@@ -147,10 +154,11 @@ class DiagnoseService:
     def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
                  model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float,
                  request_threads: int = 1, contract: ModelContract | None = None,
-                 label_sets: LabelSetReader | None = None) -> None:
+                 label_sets: LabelSetReader | None = None, parse_pool: ParsePool | None = None) -> None:
         """``contract``: the served model's (``runtime.contract``); by default the scorer's runtime's.
         ``label_sets``: the label-set reader (its fallback while the database is down); by default
-        one over ``store``."""
+        one over ``store``. ``parse_pool``: where uploads are read (its owner starts and closes it);
+        None: on the request thread."""
         self.store = store
         self.label_sets = label_sets if label_sets is not None else LabelSetReader(store)
         self.vectors = vectors
@@ -162,6 +170,11 @@ class DiagnoseService:
         self.max_duration_s = max_duration_s
         self.contract = contract if contract is not None else scorer.runtime.contract
         self._request_work = ThreadPoolExecutor(max_workers=request_threads, thread_name_prefix="request-work")
+        # one thread per parse worker: each unpacks an upload and waits for the worker's answers
+        # (blocked in select, not holding the GIL), so a slow file never holds the request thread
+        self.parse_pool = parse_pool
+        self._upload_work = (None if parse_pool is None else
+                             ThreadPoolExecutor(parse_pool.options.workers, thread_name_prefix="upload-read"))
         # bounded work (configure_overload; the offline scorer leaves it unbounded)
         self.retry_after_s = 1
         self.admission = AdmissionLimit(2**62, on_change=metrics.set_admitted_ecgs)
@@ -204,13 +217,18 @@ class DiagnoseService:
 
     def close(self) -> None:
         self._request_work.shutdown(wait=False, cancel_futures=True)
+        if self._upload_work is not None:
+            self._upload_work.shutdown(wait=False, cancel_futures=True)
 
     async def _off_loop(self, fn: Callable[..., R], *args: Any) -> R:
         return await asyncio.get_running_loop().run_in_executor(self._request_work, fn, *args)
 
     async def read_uploads(self, files: Sequence[tuple[str, BinaryIO | bytes]], limits: UploadLimits,
                            hints: ReadHints) -> list[EcgSource]:
-        return await self._off_loop(read_uploaded_ecgs, files, limits, hints)
+        if self.parse_pool is None or self._upload_work is None:
+            return await self._off_loop(read_uploaded_ecgs, files, limits, hints)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._upload_work, read_uploaded_ecgs, files, limits, hints, self.parse_pool)
 
     # --- panel -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from app.access.scopes import COMMAND_LINE, Scope
 from app.api.main import create_app
+from app.ecg.parse_pool import start_fork_server
 from app.ops.settings import Settings
 from tests.knowledge.conftest import _empty_postgres, postgres_url  # noqa: F401 - fixture re-used here
 
@@ -89,6 +90,9 @@ def upload_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     """The folder the service unpacks uploads into during this test (the process temp dir)."""
     parent = tmp_path / "tmp"
     parent.mkdir()
+    # the parse pool's fork server keeps a socket folder in the temp dir for the life of the
+    # process: made in the real one, before the patch, it is no upload left behind
+    start_fork_server()
     monkeypatch.setattr(tempfile, "tempdir", str(parent))
     # The service makes its upload folders with tempfile's default parent: prove it is this one.
     from app.ecg.uploads import unpacked_upload

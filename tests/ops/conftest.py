@@ -95,6 +95,8 @@ def feed_all_metrics(round_no: int) -> None:
     m.record_ecgs("wfdb", 2)
     m.record_ecgs("dicom")
     m.set_queue_depth(5 * round_no)
+    m.record_parse_failure("timeout")
+    m.set_parse_workers_busy(1)
     m.set_model_info(
         model_name="ecgfm-ked",
         model_version="test-1",
