@@ -134,7 +134,7 @@ def update_label(label_id: LabelId, body: LabelReplace, request: Request, respon
 
 @router.delete("/labels/{label_id}", operation_id="deleteLabel", status_code=status.HTTP_204_NO_CONTENT,
                summary="delete a label (a built-in one can be restored); refused (409) while it belongs to a set "
-               "unless force=true", responses=error_responses(404, 409, 422))
+               "unless force=true", responses=error_responses(400, 404, 409, 422))
 def delete_label(label_id: LabelId, request: Request, labels: Labels, actor: LabelsActor,
                  force: bool = Query(False, description="also remove it from the sets it is in"),
                  if_match: IfMatchOptional = None) -> Response:
@@ -194,7 +194,7 @@ def update_label_set(name: SetName, body: LabelSetReplace, request: Request, res
 
 @router.delete("/label-sets/{name}", operation_id="deleteLabelSet", status_code=status.HTTP_204_NO_CONTENT,
                summary="delete a set (a built-in one can be restored; labels and version snapshots stay)",
-               responses=error_responses(404, 409, 422))
+               responses=error_responses(400, 404, 409, 422))  # 400: an If-Match that is no ETag
 def delete_label_set(name: SetName, request: Request, labels: Labels, actor: LabelsActor,
                      if_match: IfMatchOptional = None) -> Response:
     expected = expected_revision(if_match, required=False, what=f"label set {name!r}")
