@@ -48,5 +48,5 @@ compile() {  # compile OUTPUT PYTHON_VERSION ARGS...
 compile serving-cpu.txt 3.11 --constraint "$work/serving.txt"
 compile serving-gpu.txt 3.12 --extra gpu --no-emit-package onnxruntime --constraint "$work/serving.txt"
 compile export.txt 3.11 --extra export --constraint "$work/export.txt" "${torch_source[@]}"
-compile dev.txt 3.11 --extra export --extra dev --constraint "$work/export.txt" "${torch_source[@]}"
+compile dev.txt 3.11 --extra export --extra eval --extra train --extra dev --constraint "$work/export.txt" "${torch_source[@]}"
 echo "locked onnxruntime(-gpu) $ORT_VERSION: requirements/serving-cpu.txt serving-gpu.txt export.txt dev.txt"

@@ -24,7 +24,7 @@ fi
 # PyPI index has no +cpu build, so it is found in a configured wheel directory or on the CPU index.
 "${PIP[@]}" install -q --no-deps "torch==2.13.0+cpu" 2>/dev/null \
   || "${PIP[@]}" install -q --no-deps "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
-"${PIP[@]}" install -q -c requirements/dev.txt -e ".[export,dev]"
+"${PIP[@]}" install -q -c requirements/dev.txt -e ".[export,eval,train,dev]"
 if [ "${ECGFM_GPU:-0}" = 1 ]; then
   gpu_pin=$(.venv/bin/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["gpu"])')
   "${PIP[@]}" uninstall -q -y onnxruntime onnxruntime-gpu

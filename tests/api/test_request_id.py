@@ -35,7 +35,8 @@ def test_a_request_without_an_id_gets_one_echoed_and_logged(client, caplog) -> N
     assert HEX_ID.fullmatch(request_id)
     [line] = access_lines(caplog)
     assert line.getMessage() == (f"method=GET path=/labels status=200 duration_ms={line.duration_ms:.1f} "
-                                 f"request_id={request_id}")
+                                 f'request_id={request_id} actor="tests-admin"')  # the key's name, never the key
+    assert line.actor == "tests-admin"
     assert line.levelno == logging.INFO and line.duration_ms >= 0
     assert client.get("/labels").headers["x-request-id"] != request_id  # one per request
 
