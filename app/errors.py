@@ -122,6 +122,18 @@ class ModelNotReady(ServiceError):
     code = "model_not_ready"
 
 
+class ModelNotLoaded(Conflict):
+    """A request pinned a model version that is in the store but not loaded in this service."""
+
+    code = "model_not_loaded"
+
+
+class ModelUnusable(Conflict):
+    """A model version that cannot be activated: its bundle fails its checks or cannot load."""
+
+    code = "model_unusable"
+
+
 class CheckpointError(ServiceError):
     """A checkpoint file cannot be used; the message names the problem."""
 

@@ -1,17 +1,21 @@
-"""The composition root: one bundle, one database and the diagnose use-case wired together.
+"""The composition root: the model repository, one database and the use-cases wired together.
 
 ``build_service(settings)`` is what every entry point runs: the HTTP lifespan
-(``app.api.state``) and the offline scorer (``open_offline_scorer``: the command line, and
-evaluation or archive scoring later) get the same runtime, knowledge store (seeded with the
-built-in label sets), embedding cache, batched scorer and ``DiagnoseService``, so a record
-scored from the command line and through ``POST /diagnose`` goes through the same code.
+(``app.api.state``) and the offline scorer (``open_offline_scorer``: the command line,
+``evaluate``) get the same model repository (the active version's runtime and batched
+scorer), knowledge store (seeded with the built-in label sets), embedding cache and
+``DiagnoseService``, so a record scored from the command line and through ``POST /diagnose``
+goes through the same code.
+
+The first active version is the one the database records (``POST /models/{version}/activate``
+on any worker or replica), else the configured bundle (``ECGFM_BUNDLE_DIR``).
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,14 +32,16 @@ from app.knowledge.builtin import seed_builtin
 from app.knowledge.db import DatabaseOptions, create_schema, make_engine
 from app.knowledge.embedding_cache import EmbeddingCache, LabelSetVectors
 from app.knowledge.guard import DatabaseGuard
+from app.knowledge.model_state import ActiveModelStore
 from app.knowledge.store import KnowledgeStore, LabelSetReader
 from app.knowledge.types import LabelDraft
 from app.ops import metrics
 from app.ops.settings import Settings
+from app.serving.repository import BundleEntry, ModelRepository
 from app.serving.runtime import ModelRuntime, RuntimeOptions, load_runtime
 from app.usecases.diagnose import DiagnoseService
 from app.usecases.offline import OfflineScorer
-from app.usecases.scoring import RuntimeEmbedder, Scorer
+from app.usecases.scoring import RuntimeEmbedder, Scorer, ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +56,29 @@ class Service:
     engine: Engine
     store: KnowledgeStore
     cache: EmbeddingCache
-    runtime: ModelRuntime
-    embedder: RuntimeEmbedder
-    scorer: Scorer
+    models: ModelRepository[ServedModel]
+    active_models: ActiveModelStore  # the active version as the database records it
     diagnose: DiagnoseService
     limits: UploadLimits
     keys: KeyVerifier
     parse_pool: ParsePool | None = None  # None: uploads are read in this process (parse_workers = 0)
+
+    # the active version's parts (a request that must not see a switch midway leases one instead)
+    @property
+    def model(self) -> ServedModel:
+        return self.models.active
+
+    @property
+    def runtime(self) -> ModelRuntime:
+        return self.model.runtime
+
+    @property
+    def embedder(self) -> RuntimeEmbedder:
+        return self.model.embedder
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.model.scorer
 
     def database_ok(self) -> bool:
         return self.database_problem() is None
@@ -78,10 +100,11 @@ class Service:
 
     def close(self) -> None:
         """Stop the request-work thread and the parse workers (no process is left behind) and release
-        the database (the scorer is stopped by its owner)."""
+        the database and the models' sessions (their scorers are stopped by the owner)."""
         self.diagnose.close()
         if self.parse_pool is not None:
             self.parse_pool.close()
+        self.models.close_unstarted()  # whatever the owner did not stop and release already
         self.engine.dispose()
 
 
@@ -105,13 +128,54 @@ def start_parse_pool(settings: Settings) -> ParsePool | None:
                      on_busy=metrics.set_parse_workers_busy).start()
 
 
-def load_model(settings: Settings) -> ModelRuntime:
-    """The bundle's ONNX runtime; raises BundleError with how-to text when there is no bundle."""
-    return load_runtime(settings.bundle_dir, RuntimeOptions(provider=settings.provider,
-                                                           intra_op_threads=settings.intra_op_threads,
-                                                           lanes=settings.inference_lanes,
-                                                           precision=settings.precision,
-                                                           thread_nice=settings.model_thread_nice))
+def runtime_options(settings: Settings) -> RuntimeOptions:
+    return RuntimeOptions(provider=settings.provider, intra_op_threads=settings.intra_op_threads,
+                          lanes=settings.inference_lanes, precision=settings.precision,
+                          thread_nice=settings.model_thread_nice)
+
+
+def load_model(settings: Settings, bundle_dir: Path | None = None) -> ModelRuntime:
+    """The ONNX runtime of ``bundle_dir`` (default: the configured bundle); raises BundleError
+    with how-to text when there is no bundle."""
+    return load_runtime(bundle_dir or settings.bundle_dir, runtime_options(settings))
+
+
+def served_model(settings: Settings, runtime: ModelRuntime) -> ServedModel:
+    model = ServedModel(runtime, max_batch_size=settings.max_batch_size,
+                        max_wait_s=settings.max_batch_wait_ms / 1000)
+    model.scorer.retry_after_s = settings.retry_after_s
+    return model
+
+
+def model_loader(settings: Settings) -> Callable[[BundleEntry], ServedModel]:
+    """What the model repository calls to load a version: sessions created, then warmed up."""
+    def load(entry: BundleEntry) -> ServedModel:
+        model = served_model(settings, load_model(settings, entry.root))
+        model.warm_up()
+        return model
+
+    return load
+
+
+def open_models(settings: Settings, active: ActiveModelStore, runtime: ModelRuntime | None) -> ModelRepository[
+        ServedModel]:
+    """The model repository with its first active version loaded (see the module docstring)."""
+    repo = ModelRepository(store_dir=settings.model_store_dir, default_bundle=settings.bundle_dir,
+                           load=model_loader(settings), keep_loaded=settings.keep_loaded_versions,
+                           drain_timeout_s=settings.shutdown_grace_s)
+    if runtime is not None:
+        repo.adopt(served_model(settings, runtime))
+        return repo
+    recorded = active.get()
+    if recorded is not None and any(e.version == recorded.version and e.problem is None for e in repo.entries()):
+        repo.load_initial(recorded.version)
+    else:
+        if recorded is not None:
+            log.error("the active model recorded in the database is %r, which this model store (%s) does not "
+                      "hold or cannot serve; serving the configured bundle %s", recorded.version,
+                      settings.model_store_dir, settings.bundle_dir)
+        repo.load_initial(None)
+    return repo
 
 
 def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, seed_builtins: bool = True,
@@ -123,7 +187,6 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
     ``parse_in_process``: read uploads in this process whatever ``parse_workers`` says (the
     command line reads the operator's own files; it needs no worker processes).
     """
-    runtime = runtime or load_model(settings)
     if settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     url = settings.resolved_database_url
@@ -131,21 +194,26 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
     create_schema(engine)
     guard = DatabaseGuard(deadline_s=None if db.is_sqlite(url) else settings.database_call_timeout_s,
                           retry_after_s=settings.database_retry_after_s)
-    store = KnowledgeStore(engine, guard=guard)
-    if seed_builtins:
-        report = seed_builtin(store)
-        log.info("built-in knowledge: %d labels and %d label sets added", len(report.labels_added),
-                 len(report.label_sets_added))
-    cache = EmbeddingCache(engine, guard=guard)
-    embedder = RuntimeEmbedder(runtime)
-    scorer = Scorer(runtime, max_batch_size=settings.max_batch_size, max_wait_s=settings.max_batch_wait_ms / 1000)
-    # started (warm) after the model and the database: a missing bundle starts no process
-    parse_pool = None if parse_in_process else start_parse_pool(settings)
+    active_models = ActiveModelStore(engine, guard=guard)
     try:
+        models = open_models(settings, active_models, runtime)
+    except BaseException:
+        engine.dispose()
+        raise
+    store = KnowledgeStore(engine, guard=guard)
+    parse_pool: ParsePool | None = None
+    try:
+        if seed_builtins:
+            report = seed_builtin(store)
+            log.info("built-in knowledge: %d labels and %d label sets added", len(report.labels_added),
+                     len(report.label_sets_added))
+        cache = EmbeddingCache(engine, guard=guard)
+        # started (warm) after the model and the database: a missing bundle starts no process
+        parse_pool = None if parse_in_process else start_parse_pool(settings)
         diagnose = DiagnoseService(
-            store=store, vectors=LabelSetVectors(cache), embedder=embedder, scorer=scorer, model_info=runtime.info,
-            default_label_set=settings.default_label_set, max_labels=settings.max_labels_per_request,
-            max_duration_s=settings.max_duration_s, request_threads=settings.request_threads,
+            store=store, vectors=LabelSetVectors(cache), default_label_set=settings.default_label_set,
+            max_labels=settings.max_labels_per_request, max_duration_s=settings.max_duration_s,
+            request_threads=settings.request_threads,
             label_sets=LabelSetReader(store, fallback_deadline_s=settings.database_fallback_timeout_s),
             parse_pool=parse_pool,
         )
@@ -153,12 +221,14 @@ def build_service(settings: Settings, *, runtime: ModelRuntime | None = None, se
     except BaseException:
         if parse_pool is not None:
             parse_pool.close()
+        models.close_unstarted()
+        engine.dispose()
         raise
     if settings.auth == "disabled":
         log.warning("AUTHENTICATION IS DISABLED (ECGFM_AUTH=disabled): anyone who can reach this service may "
                     "score, change every label and label set, and manage keys. Never run it like this where "
                     "clinicians rely on the answers.")
-    return Service(settings, engine, store, cache, runtime, embedder, scorer, diagnose, upload_limits(settings),
+    return Service(settings, engine, store, cache, models, active_models, diagnose, upload_limits(settings),
                    keys, parse_pool)
 
 
@@ -184,7 +254,7 @@ def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft
     if not adhoc_labels:
         service = build_service(settings, parse_in_process=True)
         try:
-            with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
+            with OfflineScorer(service.diagnose, service.model, service.limits) as scorer:
                 yield scorer
         finally:
             service.close()
@@ -197,7 +267,7 @@ def open_offline_scorer(settings: Settings, *, adhoc_labels: Sequence[LabelDraft
         try:
             for draft in drafts:
                 service.store.create_label(replace(draft, label_sets=()), actor=COMMAND_LINE.name)
-            with OfflineScorer(service.diagnose, service.scorer, service.limits) as scorer:
+            with OfflineScorer(service.diagnose, service.model, service.limits) as scorer:
                 yield scorer
         finally:
             service.close()

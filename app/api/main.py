@@ -14,9 +14,9 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import errors, openapi
 from app.api.middleware import RequestObserver
-from app.api.routes import audit, diagnose, health, keys, labels
+from app.api.routes import audit, diagnose, embeddings, health, keys, labels, models
 from app.api.server import on_shutdown_signal
-from app.api.state import ServiceState, build_state
+from app.api.state import ServiceState, build_state, follow_model_switches
 from app.errors import ServiceError
 from app.ops import metrics
 from app.ops.settings import Settings
@@ -32,7 +32,8 @@ Every error answers `{"error": {"code", "message", "details"}, "request_id"}` (s
 `code` values are listed in `ErrorCode`).
 """
 TAGS = [
-    {"name": "diagnose", "description": "score ECGs against a label set"},
+    {"name": "diagnose", "description": "score ECGs against a label set; the ECG encoder's features"},
+    {"name": "models", "description": "the model repository: versions, evaluation summaries, the active one"},
     {"name": "labels", "description": "diagnosis labels and versioned label sets"},
     {"name": "access", "description": "API keys and the audit trail (admin scope)"},
     {"name": "operations", "description": "health, readiness, the served model, formats, metrics"},
@@ -60,7 +61,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics.set_ready(False)
             yield
             return
-        state.scorer.start()
+        for model in state.models.all_loaded():
+            model.start()
         # bounded work (HTTP only: the offline scorer stays unbounded); a shutdown signal makes new
         # /diagnose requests answer 503 shutting_down
         state.diagnose.configure_overload(max_queued_ecgs=settings.max_queued_ecgs,
@@ -71,12 +73,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         metrics.set_ready(True)
         log.info("ready in %.1f s: model %s on %s", app.state.cold_start_s, state.runtime.info.version,
                  state.runtime.info.provider)
+        follower = (asyncio.create_task(follow_model_switches(state, settings.model_poll_s))
+                    if settings.model_poll_s > 0 else None)
         try:
             yield
         finally:
             restore_signals()
             metrics.set_ready(False)
-            await state.scorer.stop(timeout=settings.shutdown_grace_s)
+            if follower is not None:
+                follower.cancel()
+                await asyncio.gather(follower, return_exceptions=True)
+            await state.models.close(timeout=settings.shutdown_grace_s)
             state.close()
 
     app = FastAPI(title="ECGFM-KED inference service", version=__version__, description=DESCRIPTION, lifespan=lifespan,
@@ -89,6 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestObserver, settings=settings)
     app.include_router(health.router)
     app.include_router(diagnose.router)
+    app.include_router(embeddings.router)
+    app.include_router(models.router)
     app.include_router(labels.router)
     app.include_router(keys.router)
     app.include_router(audit.router)

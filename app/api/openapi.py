@@ -28,8 +28,9 @@ ERROR_DESCRIPTIONS = {
     404: "unknown label, label set, version or path",
     405: "method not allowed on this path",
     408: "the request body did not arrive in time (ECGFM_BODY_READ_TIMEOUT_S)",
-    409: "conflict with what is stored: a name taken, a label still in a set, or an If-Match revision that is "
-         "no longer current (version_conflict, with the current one; nothing changed)",
+    409: "conflict with what is stored: a name taken, a label still in a set, an If-Match revision that is "
+         "no longer current (version_conflict, with the current one; nothing changed), or a model version that "
+         "is not loaded (model_not_loaded) or cannot be (model_unusable)",
     413: "body or upload too large",
     415: "unsupported content type or file format",
     422: "unreadable or unusable signal, or invalid parameters",
@@ -50,6 +51,11 @@ EXAMPLE_MESSAGES = {
                         "it again, apply the change to what it is now and send If-Match: \"4\"",
     "precondition_required": "replacing label 77 needs the revision it replaces: send `If-Match` with the ETag of "
                              "your last read (or `If-Match: *` to replace whatever it is now)",
+    "model_not_loaded": "model version 'ecgfm-ked-2025-01' is in the model store but not loaded in this service; "
+                        "pin one of ecgfm-ked-2026-03, activate it (POST /models/ecgfm-ked-2025-01/activate) or list "
+                        "it in ECGFM_KEEP_LOADED",
+    "model_unusable": "model version 'site-ft-10pct' cannot be loaded: bundle model_store/site-ft-10pct: "
+                      "ecg_tqn.onnx does not match the sha256 in its manifest",
     "unauthenticated": "this operation needs an API key: send `Authorization: Bearer KEY`",
     "forbidden": "this operation needs a key with scope 'labels' or above; key 'ward-3' has 'diagnose'",
     "upload_too_large": "request body is 73400320 bytes; the limit is 52428800 (ECGFM_MAX_REQUEST_MB)",

@@ -32,6 +32,8 @@ class ErrorCode(StrEnum):
     forbidden = "forbidden"                      # 403: the key's scope does not allow the operation
     conflict = "conflict"                        # 409: name taken, label still in a set
     version_conflict = "version_conflict"        # 409: If-Match names a revision that is no longer current
+    model_not_loaded = "model_not_loaded"        # 409: model= names a version in the store that is not loaded
+    model_unusable = "model_unusable"            # 409: the version's bundle fails its checks or cannot load
     precondition_required = "precondition_required"  # 428: a replace sent without If-Match
     upload_too_large = "upload_too_large"        # 413
     unsupported_format = "unsupported_format"    # 415: content type or file format not read
@@ -119,6 +121,51 @@ class ModelDescriptionOut(BaseModel):
 
     model: ServedModel
     manifest: dict[str, Any] = Field(..., description="the bundle's manifest.json (graphs, config, contract, parity)")
+
+
+ModelState = Literal["active", "loaded", "draining", "available", "unusable"]
+
+
+class ModelVersionOut(BaseModel):
+    version: str = Field(..., description="the bundle's model_version: what answers carry, what model= pins",
+                         examples=["ecgfm-ked-3c1f9a0e52d4"])
+    bundle: str = Field(..., description="the bundle's folder in the model store", examples=["bundle"])
+    state: ModelState = Field(..., description="active: answers requests; loaded: in memory, pinnable with model=; "
+                              "draining: being released after a switch; available: in the store, not loaded; "
+                              "unusable: its bundle cannot be served (see problem)")
+    problem: str | None = Field(None, description="why an unusable bundle cannot be served")
+    untrained: bool = Field(..., description="a demo bundle of random weights: its outputs mean nothing")
+    source_checkpoint_sha256: str | None = Field(None, description="sha256 of the checkpoint it was exported from")
+    exported_at: str | None = Field(None, description="when the bundle was exported (UTC)")
+    parity: dict[str, Any] | None = Field(None, description="ONNX vs PyTorch agreement measured at export")
+    finetuned: dict[str, Any] | None = Field(None, description="for a few-shot adapted checkpoint: its base "
+                                             "checkpoint, recipe, fraction, seed and validation metrics")
+    evaluation: dict[str, Any] | None = Field(None, description="the summary `ecgfm-ked evaluate --attach` left "
+                                              "in the bundle (macro AUROC/AUPRC with 95 % intervals, data, date)")
+
+
+class ModelsOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "active": "ecgfm-ked-3c1f9a0e52d4", "recorded_active": "ecgfm-ked-3c1f9a0e52d4",
+        "models": [{"version": "ecgfm-ked-3c1f9a0e52d4", "bundle": "bundle", "state": "active", "untrained": False,
+                    "source_checkpoint_sha256": "3c1f9a0e52d4...", "exported_at": "2026-11-30T09:12:44Z"},
+                   {"version": "ecgfm-ked-8d20b6c1aa07", "bundle": "site-ft-10pct", "state": "available",
+                    "untrained": False, "finetuned": {"fraction": 0.1, "seed": 42}}],
+    }]})
+
+    active: str = Field(..., description="the version this worker answers with when a request pins none")
+    recorded_active: str | None = Field(None, description="the active version the database records (every worker "
+                                        "follows it within ECGFM_MODEL_POLL_S); null before any activation")
+    models: list[ModelVersionOut]
+
+
+class ActivationOut(BaseModel):
+    active: str = Field(..., description="the version now active")
+    previous: str | None = Field(None, description="the version it replaced (released once its last request ends)")
+    switched: bool = Field(..., description="false: it was the active version already")
+    load_s: float = Field(..., description="seconds to load and warm up the new version")
+    activated_by: str = Field(..., description="the name of the key that activated it")
+    activated_at: datetime
 
 
 class FormatOut(BaseModel):
@@ -478,4 +525,50 @@ class DiagnoseResponse(BaseModel):
         return cls(request_id=result.request_id, model=ModelOut.of(result.model),
                    label_set=LabelSetRef(name=result.label_set.name, version=result.label_set.version),
                    intended_use=result.intended_use, results=[EcgResult.of(r) for r in result.results],
+                   warnings=[SignalWarningOut.of(w) for w in result.warnings], timings_ms=dict(result.timings_ms))
+
+
+# --- POST /embeddings -------------------------------------------------------------------------
+
+
+class WindowFeaturesOut(BaseModel):
+    start_s: float = Field(..., description="where the 10 s window starts in the record")
+    pooled: list[float] = Field(..., description="the window's feature vector (768 for the published model): the "
+                                "mean of its tokens")
+    tokens: list[list[float]] | None = Field(None, description="with include_tokens=true: the encoder's tokens, one "
+                                             "per segment (32 x 768 for the published model)")
+
+
+class EcgFeaturesOut(BaseModel):
+    ecg_index: int
+    id: str | None = Field(None, description="the caller's reference (JSON requests), echoed back")
+    source: SourceOut
+    pooled: list[float] = Field(..., description="the ECG's feature vector: the mean of its windows' vectors")
+    windows: list[WindowFeaturesOut]
+    warnings: list[SignalWarningOut]
+
+
+class EmbeddingsResponse(BaseModel):
+    """The JSON answer of POST /embeddings (``EmbeddingsResponse.from_result`` of the use-case's result)."""
+
+    request_id: str
+    model: ModelOut
+    intended_use: str
+    pooling: str = Field(..., description="how the pooled vectors are made")
+    dimension: int = Field(..., description="length of each pooled vector")
+    results: list[EcgFeaturesOut] = Field(..., description="one per ECG, in the order read")
+    warnings: list[SignalWarningOut]
+    timings_ms: dict[str, float]
+
+    @classmethod
+    def from_result(cls, result: Any) -> EmbeddingsResponse:
+        """``result``: an ``app.usecases.embed.EmbedResult``."""
+        results = [EcgFeaturesOut(
+            ecg_index=r.ecg_index, id=r.ref, source=SourceOut.of(r.source), pooled=r.pooled.tolist(),
+            windows=[WindowFeaturesOut(start_s=w.start_s, pooled=w.pooled.tolist(),
+                                       tokens=None if w.tokens is None else w.tokens.tolist()) for w in r.windows],
+            warnings=[SignalWarningOut.of(w) for w in r.warnings]) for r in result.results]
+        dimension = len(results[0].pooled) if results else 0
+        return cls(request_id=result.request_id, model=ModelOut.of(result.model), intended_use=result.intended_use,
+                   pooling=result.pooling, dimension=dimension, results=results,
                    warnings=[SignalWarningOut.of(w) for w in result.warnings], timings_ms=dict(result.timings_ms))

@@ -1,4 +1,4 @@
-"""The audit trail: who changed which label, label set or key, when, and what it was before and after.
+"""The audit trail: who changed which label, label set, key or active model, when, and what it was before and after.
 
 A record is written with :func:`record` inside the transaction of the change it describes (the
 store's write transaction), so a change and its record commit together or not at all. Records are
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 
 from app.knowledge import db
 
-TargetKind = Literal["label", "label_set", "key"]
+TargetKind = Literal["label", "label_set", "key", "model"]
 # The actor of the built-in labels and sets the service seeds at start (app.knowledge.builtin).
 SEEDING_ACTOR = "built-in seeding"
 MAX_PAGE = 1000
@@ -29,9 +29,9 @@ class AuditEvent:
     id: int
     at: datetime
     actor: str
-    action: str  # e.g. "label.create", "label.update", "label.delete", "label.restore", "key.revoke"
+    action: str  # e.g. "label.create", "label.update", "label.delete", "label.restore", "key.revoke", "model.activate"
     target_kind: str
-    target: str  # a label's id, a label set's name, a key's name
+    target: str  # a label's id, a label set's name, a key's name, a model version
     before: dict[str, Any] | None
     after: dict[str, Any] | None
     request_id: str | None

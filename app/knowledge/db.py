@@ -162,7 +162,18 @@ api_keys = Table(
     Column("revoked_at", _utc(), nullable=True),
 )
 
-# Every change of a label, label set or key (app/knowledge/audit.py): written in the transaction of
+# The model version every worker and replica serves (app/knowledge/model_state.py): one row per
+# deployment (``scope``, "default"), changed by POST /models/{version}/activate.
+active_model = Table(
+    "active_model",
+    metadata,
+    Column("scope", String(40), primary_key=True),
+    Column("version", String(200), nullable=False),
+    Column("activated_by", String(200), nullable=False),
+    Column("activated_at", _utc(), nullable=False),
+)
+
+# Every change of a label, label set, key or active model (app/knowledge/audit.py): written in the transaction of
 # the change itself, so there is no change without its record. Never updated, never deleted.
 audit_events = Table(
     "audit_events",

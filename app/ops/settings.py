@@ -17,7 +17,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ECGFM_", extra="ignore")
 
     # model
-    bundle_dir: Path = Field(Path("model_store/bundle"), description="model bundle directory")
+    bundle_dir: Path = Field(Path("model_store/bundle"), description="the bundle served until a version is "
+                             "activated (POST /models/{version}/activate); part of the model repository")
+    # the model repository (app/serving/repository.py): one bundle per folder, each a version
+    model_store_dir: Path = Field(Path("model_store"), description="folder whose sub-folders are model bundles "
+                                  "(versions) that can be activated or pinned")
+    keep_loaded: str = Field("", description="comma-separated model versions kept loaded next to the active one, "
+                             "so that requests can pin them with model=")
+    model_poll_s: float = Field(5.0, ge=0, description="how often each worker checks the database for a model "
+                                "switch made elsewhere and follows it (0 = never)")
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
     intra_op_threads: int = Field(
         0, ge=0, description="ONNX Runtime intra-op threads (0 = one per core, os.cpu_count())"
@@ -116,6 +124,10 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(60.0, gt=0, description="longest time a request body may take to arrive")
     max_ecgs_per_request: int = Field(32, ge=1)
     max_labels_per_request: int = Field(500, ge=1)
+
+    @property
+    def keep_loaded_versions(self) -> tuple[str, ...]:
+        return tuple(v.strip() for v in self.keep_loaded.split(",") if v.strip())
 
     @property
     def resolved_database_url(self) -> str:

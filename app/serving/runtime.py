@@ -406,6 +406,11 @@ class ModelRuntime:
         probs, attention = session.run(None, feeds)
         return probs, attention
 
+    def close(self) -> None:
+        """Release the sessions (and the memory their graphs hold); the runtime serves no more calls."""
+        self._sessions.clear()
+        self._shared_scoring = None
+
     def encode_ecg(self, windows: np.ndarray) -> np.ndarray:
         (features,) = self._sessions[B.ECG_ENCODER].run(None, {"ecg": self._check_windows(windows)})
         return np.asarray(features)

@@ -36,7 +36,6 @@ from app.knowledge.store import KnowledgeStore, LabelSetReader, label_set_versio
 from app.knowledge.types import Label, LabelSet
 from app.ops import metrics
 from app.serving.batching import AdmissionLimit
-from app.serving.runtime import ModelInfo
 from app.usecases.explain import (
     INTENDED_USE,
     Aggregation,
@@ -48,7 +47,7 @@ from app.usecases.explain import (
     signal_warnings,
 )
 from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning
-from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer
+from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer, ServedModel
 
 ADHOC_SET = "adhoc"
 UNTRAINED_WARNING = ResultWarning(
@@ -151,24 +150,19 @@ class DiagnoseService:
     threads only contend for it (measured at 16 concurrent requests on 2 cores: one thread
     halved the service's CPU per request). The event loop stays free for health checks."""
 
-    def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, embedder: RuntimeEmbedder, scorer: Scorer,
-                 model_info: ModelInfo, default_label_set: str, max_labels: int, max_duration_s: float,
-                 request_threads: int = 1, contract: ModelContract | None = None,
-                 label_sets: LabelSetReader | None = None, parse_pool: ParsePool | None = None) -> None:
-        """``contract``: the served model's (``runtime.contract``); by default the scorer's runtime's.
-        ``label_sets``: the label-set reader (its fallback while the database is down); by default
+    def __init__(self, *, store: KnowledgeStore, vectors: LabelSetVectors, default_label_set: str, max_labels: int,
+                 max_duration_s: float, request_threads: int = 1, label_sets: LabelSetReader | None = None,
+                 parse_pool: ParsePool | None = None) -> None:
+        """``label_sets``: the label-set reader (its fallback while the database is down); by default
         one over ``store``. ``parse_pool``: where uploads are read (its owner starts and closes it);
-        None: on the request thread."""
+        None: on the request thread. The model is given per call (``model``: the version the
+        request leased from the model repository)."""
         self.store = store
         self.label_sets = label_sets if label_sets is not None else LabelSetReader(store)
         self.vectors = vectors
-        self.embedder = embedder
-        self.scorer = scorer
-        self.model_info = model_info
         self.default_label_set = default_label_set
         self.max_labels = max_labels
         self.max_duration_s = max_duration_s
-        self.contract = contract if contract is not None else scorer.runtime.contract
         self._request_work = ThreadPoolExecutor(max_workers=request_threads, thread_name_prefix="request-work")
         # one thread per parse worker: each unpacks an upload and waits for the worker's answers
         # (blocked in select, not holding the GIL), so a slow file never holds the request thread
@@ -185,7 +179,6 @@ class DiagnoseService:
         self.retry_after_s = max(1, int(retry_after_s))
         self.admission = AdmissionLimit(max_queued_ecgs, retry_after_s=self.retry_after_s,
                                         on_change=metrics.set_admitted_ecgs)
-        self.scorer.retry_after_s = self.retry_after_s
 
     def start_draining(self) -> None:
         """Shutting down (SIGTERM): requests already admitted finish, new ones get ShuttingDown."""
@@ -248,73 +241,99 @@ class DiagnoseService:
             raise InvalidInput(f"{len(label_set.labels)} labels requested; the limit is {self.max_labels}")
         return label_set
 
-    def panel_for(self, label_set: LabelSet) -> Panel:
+    def panel_for(self, label_set: LabelSet, embedder: RuntimeEmbedder) -> Panel:
         """The set with its vectors, embedding the texts not cached yet (seconds for many texts)."""
-        vectors, stats = self.vectors.vectors_for_label_set(label_set, self.embedder)
+        vectors, stats = self.vectors.vectors_for_label_set(label_set, embedder)
         metrics.record_embedding_cache(hits=stats.hits, misses=stats.misses)
         return _panel(label_set, vectors)
 
-    def _cached_panel(self, label_set: LabelSet) -> Panel | None:
-        vectors = self.vectors.cached(label_set, self.embedder.identity)
+    def _cached_panel(self, label_set: LabelSet, embedder: RuntimeEmbedder) -> Panel | None:
+        vectors = self.vectors.cached(label_set, embedder.identity)
         if vectors is None:
             return None
         metrics.record_embedding_cache(hits=len(vectors), misses=0)
         return _panel(label_set, vectors)
 
-    def _prepare(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings,
+    def _prepare(self, sources: list[EcgSource], options: DiagnoseOptions, model: ServedModel, timings: Timings,
                  submitted: float, deadline: float | None = None) -> tuple[LabelSet, Panel | None, list[ModelInput]]:
         """Label set (with its vectors when they are in memory) and model input, in one trip to
         the request worker thread. Waiting for that thread is counted in the preprocess stage."""
         self.check_deadline(deadline, "while it waited to be preprocessed")
         t = time.perf_counter()
         label_set = self.label_set_for(options)
-        panel = self._cached_panel(label_set)
+        panel = self._cached_panel(label_set, model.embedder)
         timings.since("embed", t)
         waited = t - submitted
+        inputs = self.model_inputs(sources, options.pad, model.runtime.contract, timings, waited=waited)
+        return label_set, panel, inputs
+
+    def model_inputs(self, sources: Sequence[EcgSource], pad: bool, contract: ModelContract, timings: Timings, *,
+                     waited: float = 0.0) -> list[ModelInput]:
+        """The model's windows of each source (the preprocess stage; ``waited``: time spent
+        waiting for the request thread, counted in it)."""
         t = time.perf_counter()
-        inputs = [preprocess(s.recording, pad=options.pad, max_duration_s=self.max_duration_s, contract=self.contract)
+        inputs = [preprocess(s.recording, pad=pad, max_duration_s=self.max_duration_s, contract=contract)
                   for s in sources]
         timings.add("preprocess", time.perf_counter() - t + waited)
-        return label_set, panel, inputs
+        return inputs
+
+    async def model_inputs_off_loop(self, sources: Sequence[EcgSource], pad: bool, model: ServedModel,
+                                    timings: Timings, deadline: float | None = None) -> list[ModelInput]:
+        """``model_inputs`` on the request thread (after the deadline check), as ``diagnose`` does."""
+        submitted = time.perf_counter()
+
+        def run() -> list[ModelInput]:
+            self.check_deadline(deadline, "while it waited to be preprocessed")
+            return self.model_inputs(sources, pad, model.runtime.contract, timings,
+                                     waited=time.perf_counter() - submitted)
+
+        return await self._off_loop(run)
 
     # --- the whole flow --------------------------------------------------------------------
 
-    def expect_request(self) -> AbstractContextManager[Callable[[], None]]:
+    @staticmethod
+    def expect_request(model: ServedModel) -> AbstractContextManager[Callable[[], None]]:
         """Announce a request before its upload is read, so that the model does not give every
         core to one batch while more requests are about to need them (see app.serving.batching).
         ``diagnose(..., arrived=...)`` ends the announcement when the request reaches the model."""
-        return self.scorer.incoming.expect()
+        return model.scorer.incoming.expect()
 
     async def diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings, *,
-                       request_id: str, arrived: Callable[[], None] = lambda: None,
+                       model: ServedModel, request_id: str, arrived: Callable[[], None] = lambda: None,
                        deadline: float | None = None) -> DiagnoseResult:
-        """Score ``sources`` together against the label set ``options`` name. ``request_id`` is the
-        caller's (the HTTP middleware's, or one the offline scorer made): it names the result.
-        ``deadline`` (``time.monotonic()``): past it, raise DeadlineExceeded instead of scoring."""
+        """Score ``sources`` together against the label set ``options`` name with ``model``.
+        ``request_id`` is the caller's (the HTTP middleware's, or one the offline scorer made):
+        it names the result. ``deadline`` (``time.monotonic()``): past it, raise DeadlineExceeded
+        instead of scoring."""
         try:
-            return await self._diagnose(sources, options, timings, request_id=request_id, arrived=arrived,
-                                        deadline=deadline)
+            return await self._diagnose(sources, options, timings, model=model, request_id=request_id,
+                                        arrived=arrived, deadline=deadline)
         except DeadlineExceeded as exc:
-            exc.retry_after_s = self.retry_after_s
-            metrics.record_shed("expired")
+            self.expired(exc)
             raise
 
+    def expired(self, exc: DeadlineExceeded) -> None:
+        """A request passed its deadline: the Retry-After it answers with, and the shed metric."""
+        exc.retry_after_s = self.retry_after_s
+        metrics.record_shed("expired")
+
     async def _diagnose(self, sources: list[EcgSource], options: DiagnoseOptions, timings: Timings, *,
-                        request_id: str, arrived: Callable[[], None], deadline: float | None) -> DiagnoseResult:
-        label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, timings, time.perf_counter(),
-                                                        deadline)
+                        model: ServedModel, request_id: str, arrived: Callable[[], None],
+                        deadline: float | None) -> DiagnoseResult:
+        label_set, panel, inputs = await self._off_loop(self._prepare, sources, options, model, timings,
+                                                        time.perf_counter(), deadline)
         if panel is None:  # vectors not in memory: embedding may take seconds, so not on the request thread
             t = time.perf_counter()
-            panel = await asyncio.to_thread(self.panel_for, label_set)
+            panel = await asyncio.to_thread(self.panel_for, label_set, model.embedder)
             timings.since("embed", t)
         for i, mi in enumerate(inputs):
             if not np.isfinite(mi.windows).all():
                 raise _out_of_range(i)
 
-        key = f"{self.embedder.identity}:{panel.version}"
+        key = f"{model.embedder.identity}:{panel.version}"
         arrived()
         self.check_deadline(deadline, "before it reached the model")
-        scored = await _score_all(self.scorer, key, inputs, panel.vectors, deadline)
+        scored = await _score_all(model.scorer, key, inputs, panel.vectors, deadline)
         for i, sc in enumerate(scored):
             if not (np.isfinite(sc.probabilities).all() and np.isfinite(sc.attention).all()):
                 raise _out_of_range(i)
@@ -331,7 +350,7 @@ class DiagnoseService:
                 ecg_index=i,
                 ref=source.ref,
                 source=describe_source(mi, source.filename),
-                diagnoses=rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank, self.contract),
+                diagnoses=rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank, model.runtime.contract),
                 warnings=signal_warnings(mi),
             ))
             metrics.record_ecgs(mi.source_format)
@@ -339,10 +358,10 @@ class DiagnoseService:
         metrics.observe_label_count(len(panel.labels))
         return DiagnoseResult(
             request_id=request_id,
-            model=self.model_info,
+            model=model.info,
             label_set=LabelSetRef(panel.name, panel.version),
             intended_use=INTENDED_USE,
             results=tuple(results),
-            warnings=((UNTRAINED_WARNING,) if self.model_info.untrained else ()) + knowledge_warnings(label_set),
+            warnings=((UNTRAINED_WARNING,) if model.info.untrained else ()) + knowledge_warnings(label_set),
             timings_ms=timings.as_ms(),
         )

@@ -26,7 +26,7 @@ from app.ecg.uploads import UploadLimits
 from app.errors import InvalidInput, MalformedFile, UnsupportedFormat
 from app.usecases.diagnose import DiagnoseOptions, DiagnoseService, EcgSource, Timings, read_uploaded_ecgs
 from app.usecases.results import DiagnoseResult
-from app.usecases.scoring import Scorer
+from app.usecases.scoring import ServedModel
 
 Found = tuple[FormatReader, Path]
 
@@ -85,9 +85,9 @@ def read_records(paths: Sequence[Path], hints: ReadHints = ReadHints()) -> list[
 class OfflineScorer:
     """Score ECGs outside HTTP with the service's diagnose use-case (see the module docstring)."""
 
-    def __init__(self, diagnose: DiagnoseService, scorer: Scorer, limits: UploadLimits) -> None:
+    def __init__(self, diagnose: DiagnoseService, model: ServedModel, limits: UploadLimits) -> None:
         self._diagnose = diagnose
-        self._scorer = scorer
+        self.model = model
         self._limits = limits
         self._runner: asyncio.Runner | None = None
 
@@ -102,12 +102,12 @@ class OfflineScorer:
         runner, self._runner = self._runner, None
         if runner is not None:
             try:
-                runner.run(self._scorer.stop())
+                runner.run(self.model.stop(timeout=30.0))
             finally:
                 runner.close()
 
     async def _start(self) -> None:
-        self._scorer.start()  # binds the batcher to the runner's loop
+        self.model.start()  # binds the batcher to the runner's loop
 
     def diagnose_sources(self, sources: Sequence[EcgSource], options: DiagnoseOptions, *,
                          request_id: str | None = None) -> DiagnoseResult:
@@ -117,7 +117,7 @@ class OfflineScorer:
         if not sources:
             raise InvalidInput("no ECG to score")
         return self._runner.run(self._diagnose.diagnose(
-            list(sources), options, Timings(), request_id=request_id or str(uuid.uuid4())))
+            list(sources), options, Timings(), model=self.model, request_id=request_id or str(uuid.uuid4())))
 
     def diagnose_paths(self, paths: Sequence[Path], options: DiagnoseOptions, hints: ReadHints = ReadHints(), *,
                        request_id: str | None = None) -> DiagnoseResult:

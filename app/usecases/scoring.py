@@ -6,6 +6,11 @@ loop (health checks, metrics) stays responsive while the model is busy. Up to
 ``runtime.lanes`` calls run at once under load; a call with nothing else running, queued
 or on its way (``incoming``) uses every core (see app.serving.batching). A job given a
 ``deadline`` that is still queued then is dropped (``DeadlineExceeded``), never scored.
+
+ECG feature requests (``POST /embeddings``: the encoder alone, ``Scorer.encode``) go through
+the same batcher under their own key, so they share its bound, lanes and fairness with
+scoring. A :class:`ServedModel` is one loaded model version: its runtime, text embedder and
+scorer, what the model repository (app.serving.repository) switches between.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from app.lru import LruCache
 from app.ops import metrics
 from app.serving.batching import BatchStats, DynamicBatcher, IncomingWork
-from app.serving.runtime import ModelRuntime, PreparedLabels
+from app.serving.runtime import ModelInfo, ModelRuntime, PreparedLabels
+
+ENCODE_KEY = "encode"  # the batch key of feature requests (panel keys are "<text encoder>:<version>")
 
 
 class RuntimeEmbedder:
@@ -81,16 +89,21 @@ class Scorer:
         return labels
 
     def _run(self, key: Hashable, jobs: list[ScoreJob], alone: bool) -> list[tuple[np.ndarray, np.ndarray, float]]:
-        """One model call for the jobs of one panel (``key``: the panel key ``score`` was given)."""
+        """One model call for the jobs of one panel (``key``: the panel key ``score`` was given),
+        or one encoder call for feature jobs (``ENCODE_KEY``: the features in the first slot)."""
         assert isinstance(key, str)
         started = time.perf_counter()
         windows = jobs[0].windows if len(jobs) == 1 else np.concatenate([j.windows for j in jobs])
-        probs, attention = self.runtime.score_prepared(windows, self._labels(key, jobs[0].vectors), alone=alone)
+        if key == ENCODE_KEY:
+            features = self.runtime.encode_ecg(windows)
+            first, second = features, np.empty((len(windows), 0), dtype=np.float32)
+        else:
+            first, second = self.runtime.score_prepared(windows, self._labels(key, jobs[0].vectors), alone=alone)
         elapsed = time.perf_counter() - started
         out, offset = [], 0
         for job in jobs:
             n = len(job.windows)
-            out.append((probs[offset : offset + n], attention[offset : offset + n], elapsed))
+            out.append((first[offset : offset + n], second[offset : offset + n], elapsed))
             offset += n
         return out
 
@@ -122,3 +135,67 @@ class Scorer:
             metrics.set_queue_depth(self._batcher.queue_depth)
         total = time.perf_counter() - submitted
         return Scored(probs, attention, queue_s=max(total - run_s, 0.0), inference_s=run_s)
+
+    async def encode(self, windows: np.ndarray, *, deadline: float | None = None) -> Encoded:
+        """The ECG encoder's token features of ``windows`` (N, segments, D), batched with the
+        other model work."""
+        submitted = time.perf_counter()
+        metrics.set_queue_depth(self._batcher.queue_depth + 1)
+        no_labels = np.empty((0, 0), dtype=np.float32)
+        try:
+            features, _, run_s = await self._batcher.submit(
+                ENCODE_KEY, ScoreJob(windows, no_labels), weight=len(windows), deadline=deadline)
+        finally:
+            metrics.set_queue_depth(self._batcher.queue_depth)
+        total = time.perf_counter() - submitted
+        return Encoded(features, queue_s=max(total - run_s, 0.0), inference_s=run_s)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    features: np.ndarray  # (N, segments, D): one token per segment of each window
+    queue_s: float
+    inference_s: float
+
+
+WARM_UP_TEXT = "normal sinus rhythm"
+
+
+class ServedModel:
+    """One loaded model version: runtime, text embedder and scorer (see the module docstring).
+
+    Built by ``app.service.load_served_model``; ``warm_up`` runs each graph once so the first
+    request after a switch does not pay for ONNX Runtime's first-call work.
+    """
+
+    def __init__(self, runtime: ModelRuntime, *, max_batch_size: int, max_wait_s: float) -> None:
+        self.runtime = runtime
+        self.embedder = RuntimeEmbedder(runtime)
+        self.scorer = Scorer(runtime, max_batch_size=max_batch_size, max_wait_s=max_wait_s)
+
+    @property
+    def version(self) -> str:
+        return self.runtime.info.version
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.runtime.info
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        return dict(self.runtime.bundle.manifest)
+
+    def warm_up(self) -> None:
+        leads, samples = self.runtime.contract.window_shape
+        window = np.zeros((1, leads, samples), dtype=np.float32)
+        self.runtime.score(window, self.embedder.embed([WARM_UP_TEXT]))
+        self.runtime.encode_ecg(window)
+
+    def start(self) -> None:
+        self.scorer.start()
+
+    async def stop(self, *, timeout: float) -> None:
+        await self.scorer.stop(timeout=timeout)
+
+    def close(self) -> None:
+        self.runtime.close()

@@ -117,7 +117,7 @@ def test_explicit_labels_and_an_unknown_set(scorer: OfflineScorer) -> None:
 def test_the_scorer_is_used_inside_its_block(settings: Settings) -> None:
     service = build_service(settings)
     try:
-        idle = OfflineScorer(service.diagnose, service.scorer, service.limits)
+        idle = OfflineScorer(service.diagnose, service.model, service.limits)
         with pytest.raises(RuntimeError, match="with"):
             idle.diagnose_paths([ECG_DIR / "E07500"], DiagnoseOptions())
     finally:

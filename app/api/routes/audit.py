@@ -39,7 +39,7 @@ class AuditPageOut(BaseModel):
 @router.get("/audit", operation_id="listAudit", response_model=AuditPageOut, summary="the audit trail, newest first",
             responses=error_responses(422))
 def list_audit(state: StateDep, _actor: AdminActor,
-               target_kind: Literal["label", "label_set", "key"] | None = Query(None),
+               target_kind: Literal["label", "label_set", "key", "model"] | None = Query(None),
                target: str | None = Query(None, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN),
                actor: str | None = Query(None, max_length=NAME_MAX, pattern=NO_CONTROL_PATTERN),
                since: datetime | None = Query(None, description="only changes at or after this time"),

@@ -206,7 +206,7 @@ async def _upload_sources(request: Request, state: ServiceState, query: ReadHint
         await form.close()
 
 
-async def _read_sources(request: Request, state: ServiceState, hints: ReadHints) -> list[EcgSource]:
+async def read_sources(request: Request, state: ServiceState, hints: ReadHints) -> list[EcgSource]:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == JSON:
         return await _json_sources(request)
@@ -231,7 +231,7 @@ async def _read_sources(request: Request, state: ServiceState, hints: ReadHints)
         "Several ECGs are scored as one batch. Ask for `Accept: application/fhir+json` to get a FHIR R4 Bundle. "
         "`sampling_rate`, `units` and `lead_names` may be sent as form fields or query parameters."
     ),
-    responses=error_responses(400, 401, 403, 404, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 403, 404, 409, 413, 415, 422, 503),
     openapi_extra=OPENAPI_EXTRA,
 )
 async def diagnose(
@@ -251,6 +251,8 @@ async def diagnose(
                                                                 "field"),
     units: str | None = Query(None, description="for formats without units (CSV, NPY): mV, uV, V; or a form field"),
     lead_names: str | None = Query(None, description="comma-separated lead names for NPY arrays; or a form field"),
+    model: str | None = Query(None, max_length=200, description="pin a loaded model version (GET /models); default: "
+                                                               "the active one"),
 ) -> DiagnoseResponse | Response:
     timings = Timings()
     settings = state.settings
@@ -258,17 +260,20 @@ async def diagnose(
     # the body's size (declared or streamed) is bounded by app.api.middleware before it is read
     hints = ReadHints(sampling_rate=sampling_rate, units=units, lead_names=_lead_names(lead_names))
     service = state.diagnose
-    # admitted (else 503 overloaded / shutting_down with Retry-After) until the answer is ready
-    with service.admit() as resize, service.expect_request() as arrived:
-        sources = await _read_sources(request, state, hints)
+    # admitted (else 503 overloaded / shutting_down with Retry-After) until the answer is ready; the
+    # model version is leased for as long: a switch meanwhile does not change or free it
+    with (service.admit() as resize, state.models.lease(model) as served,
+          service.expect_request(served) as arrived):
+        sources = await read_sources(request, state, hints)
         if len(sources) > settings.max_ecgs_per_request:
             raise InvalidInput(f"{len(sources)} ECGs in one request; the limit is {settings.max_ecgs_per_request}")
         resize(len(sources))
         timings.since("parse", timings.started)
         options = DiagnoseOptions(label_set=label_set, labels=tuple(labels or ()), top_k=top_k, threshold=threshold,
                                   pad=pad, aggregation=aggregation, include_windows=include_windows)
-        result = await _unless_disconnected(request, service.diagnose(
-            sources, options, timings, request_id=_request_id(request), arrived=arrived, deadline=deadline))
+        result = await unless_disconnected(request, service.diagnose(
+            sources, options, timings, model=served, request_id=request_id_for(request), arrived=arrived,
+            deadline=deadline))
     if result is None:  # the client went away: its work was withdrawn, not scored; nobody reads this
         metrics.record_shed("abandoned")
         return Response(status_code=CLIENT_GONE)
@@ -287,7 +292,7 @@ async def _wait_for_disconnect(request: Request) -> None:
         pass
 
 
-async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
+async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T | None:
     """Run ``work``; if the client disconnects first, cancel it (its queued ECGs are skipped by
     the batcher, never scored) and return None."""
     task = asyncio.ensure_future(work)
@@ -308,7 +313,7 @@ async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -
     return None
 
 
-def _request_id(request: Request) -> str:
+def request_id_for(request: Request) -> str:
     """The id the request-id middleware gave this request."""
     request_id = request_id_of(request)
     if request_id is None:
