@@ -407,9 +407,14 @@ class ModelRuntime:
         return probs, attention
 
     def close(self) -> None:
-        """Release the sessions (and the memory their graphs hold); the runtime serves no more calls."""
+        """Release the sessions (and the memory their graphs hold); the runtime serves no more calls.
+
+        glibc keeps the freed pages of a released model in its heap (measured with the small test
+        bundle: 528 MB resident after releasing one of two loaded models, 306 MB once trimmed), so
+        they are handed back to the system here (``malloc_trim``; a no-op where it is absent)."""
         self._sessions.clear()
         self._shared_scoring = None
+        return_freed_memory()
 
     def encode_ecg(self, windows: np.ndarray) -> np.ndarray:
         (features,) = self._sessions[B.ECG_ENCODER].run(None, {"ecg": self._check_windows(windows)})
@@ -420,6 +425,15 @@ class ModelRuntime:
         if windows.ndim != 3 or windows.shape[1:] != (leads, samples):
             raise InvalidInput(f"model input must be (B, {leads}, {samples}), got {tuple(windows.shape)}")
         return np.ascontiguousarray(windows, dtype=np.float32)
+
+
+def return_freed_memory() -> None:
+    """Ask glibc to return freed heap pages to the system (Linux; nothing elsewhere)."""
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def resolve_lanes(lanes: int, provider: str, threads: int) -> int:
