@@ -338,6 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("--name", required=True)
     k.set_defaults(func=cmd_keys)
 
+    from app.training.command import add_finetune_parser  # numpy/argparse only; torch when it runs
+
+    add_finetune_parser(sub)
+
+    from app.evaluation.command import add_evaluate_parser  # argparse only; scikit-learn when it runs
+
+    add_evaluate_parser(sub)
+
     s = sub.add_parser("serve", help="run the HTTP service")
     s.add_argument("--bundle")
     s.add_argument("--database-url")

@@ -335,6 +335,9 @@ def _manifest(ckpt: Checkpoint, work: Path, parity: dict[str, Any], contract: Mo
         "untrained": False,
         "source_checkpoint": {"file": ckpt.path.name, "sha256": ckpt.sha256, "epoch": ckpt.epoch},
         "config": _jsonable(ckpt.config),
+        # a checkpoint written by `ecgfm-ked finetune` (app/training) says so at the top level too
+        **({"finetuned": _jsonable(ckpt.config["finetuned"])} if isinstance(ckpt.config.get("finetuned"), dict)
+           else {}),
         "opset": OPSET,
         "graphs": graphs,
         "text_encoder_id": text_id,
