@@ -347,6 +347,33 @@ def _delete_label_set(client: TestClient, unready: TestClient, contract: Contrac
 # --- diagnose ---------------------------------------------------------------------------------
 
 
+@scenario("GET", "/models")
+def _models(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    body = contract.check(client.get("/models"), "GET", "/models", 200)
+    assert body["active"] in {m["version"] for m in body["models"] if m["state"] == "active"}
+    _check_error(contract, unready.get("/models"), "GET", "/models", 503, "model_not_ready")
+
+
+@scenario("POST", "/models/{version}/activate")
+def _activate(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    m, p = "POST", "/models/{version}/activate"
+    active = client.get("/models").json()["active"]
+    body = contract.check(client.post(f"/models/{active}/activate"), m, p, 200)
+    assert body["active"] == active and body["switched"] is False
+    _check_error(contract, client.post("/models/no-such-version/activate"), m, p, 404, "not_found")
+
+
+@scenario("POST", "/embeddings")
+def _embeddings(client: TestClient, unready: TestClient, contract: Contract) -> None:
+    m, p = "POST", "/embeddings"
+    body = contract.check(client.post(p, files=upload(*record_files("E07500"))), m, p, 200)
+    assert len(body["results"][0]["pooled"]) == body["dimension"]
+    _check_error(contract, client.post(p, files=upload(*record_files("E07500")), params={"model": "nope"}), m, p,
+                 404, "not_found")
+    _check_error(contract, client.post(p, files=upload_bytes("notes.txt", b"\x00 not an ecg " * 40)), m, p, 415,
+                 "unsupported_format")
+
+
 @scenario("POST", "/diagnose")
 def _diagnose(client: TestClient, unready: TestClient, contract: Contract) -> None:
     m, p = "POST", "/diagnose"
