@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.errors import DeadlineExceeded
+from app.errors import DeadlineExceeded, InvalidInput
 from app.serving.runtime import ModelInfo
 from app.usecases.diagnose import UNTRAINED_WARNING, DiagnoseService, EcgSource, Timings
 from app.usecases.explain import INTENDED_USE, describe_source, signal_warnings
@@ -58,10 +58,17 @@ class EmbedResult:
 
 
 async def embed(service: DiagnoseService, sources: Sequence[EcgSource], *, model: ServedModel, pad: bool,
-                include_tokens: bool, timings: Timings, request_id: str,
-                deadline: float | None = None) -> EmbedResult:
+                include_tokens: bool, timings: Timings, request_id: str, deadline: float | None = None,
+                max_token_windows: int | None = None) -> EmbedResult:
+    """``max_token_windows``: with ``include_tokens``, refuse (InvalidInput, before the model
+    runs) a request with more windows than this."""
     try:
         inputs = await service.model_inputs_off_loop(sources, pad, model, timings, deadline)
+        n_windows = sum(len(mi.windows) for mi in inputs)
+        if include_tokens and max_token_windows is not None and n_windows > max_token_windows:
+            raise InvalidInput(f"include_tokens=true returns every window's tokens; this request has {n_windows} "
+                               f"windows, the limit is {max_token_windows}: send fewer or shorter records",
+                               details={"windows": n_windows, "limit": max_token_windows})
         for i, mi in enumerate(inputs):
             if not np.isfinite(mi.windows).all():
                 raise _not_finite(i)

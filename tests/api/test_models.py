@@ -129,3 +129,15 @@ def test_embeddings_equal_the_encoder_graph_run_directly(client: TestClient, sma
     assert lean["results"][0]["windows"][0]["tokens"] is None
     bad = client.post("/embeddings", files=[("files", ("x.txt", b"hello", "text/plain"))])
     assert bad.status_code in (415, 422) and bad.json()["error"]["code"]
+
+
+def test_tokens_for_too_many_windows_are_refused_before_the_model_runs(client: TestClient, monkeypatch,
+                                                                       upload_tmp) -> None:
+    from app.api.routes import embeddings
+
+    monkeypatch.setattr(embeddings, "MAX_TOKEN_WINDOWS", 2)  # S0001: 4 windows of 10 s
+    answer = client.post("/embeddings", files=upload(*record_files("S0001")), params={"include_tokens": "true"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_input" and error["details"] == {"windows": 4, "limit": 2}
+    assert client.post("/embeddings", files=upload(*record_files("S0001"))).status_code == 200

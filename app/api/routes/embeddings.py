@@ -63,13 +63,8 @@ async def embeddings(
         arrived()
         result = await unless_disconnected(request, embed(
             service, sources, model=served, pad=pad, include_tokens=include_tokens, timings=timings,
-            request_id=request_id_for(request), deadline=deadline))
+            request_id=request_id_for(request), deadline=deadline, max_token_windows=MAX_TOKEN_WINDOWS))
     if result is None:
         metrics.record_shed("abandoned")
         return Response(status_code=CLIENT_GONE)
-    windows = sum(len(r.windows) for r in result.results)
-    if include_tokens and windows > MAX_TOKEN_WINDOWS:
-        raise InvalidInput(f"include_tokens=true returns 32 x 768 floats per window; this request has {windows} "
-                           f"windows, the limit is {MAX_TOKEN_WINDOWS}: send fewer or shorter records",
-                           details={"windows": windows, "limit": MAX_TOKEN_WINDOWS})
     return EmbeddingsResponse.from_result(result)
