@@ -55,8 +55,8 @@ VALIDATION_CODE = "invalid_request"
 INTERNAL_CODE = "internal_error"
 
 # Domain errors that only the command line and the bundle tools raise (fetch, export,
-# quantize); no route can answer with them, so the API's ErrorCode enum leaves them out.
-OFFLINE_ONLY_CODES = frozenset({"error", "checkpoint_invalid", "fetch_failed", "precision_rejected"})
+# quantize, evaluate); no route can answer with them, so the API's ErrorCode enum leaves them out.
+OFFLINE_ONLY_CODES = frozenset({"error", "checkpoint_invalid", "fetch_failed", "precision_rejected", "missing_extra"})
 
 
 def status_for_class(cls: type[E.ServiceError]) -> int:

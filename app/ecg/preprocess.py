@@ -42,6 +42,7 @@ Amplitudes too large for the model's float32 input are refused too (``Unsupporte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 from scipy.signal import resample
@@ -72,6 +73,10 @@ class ModelInput:
     duration_s: float
     padded: bool
     leads_read: list[str] = field(default_factory=list)  # standard leads taken from the record
+    acquired_at: datetime | None = None  # the recording's own acquisition time, when its file gives one
+    # the 12 leads at the record's own rate (fs_in), mV, in the contract's lead order, after NaN
+    # filling and lead derivation, before resampling: for plotting; only with keep_tracing=True
+    tracing: np.ndarray | None = None
 
 
 def _select_leads(rec: Recording) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -312,9 +317,10 @@ def _lead_order(contract: ModelContract) -> tuple[str, ...]:
 
 
 def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600.0,
-               contract: ModelContract = PRETRAINING) -> ModelInput:
+               contract: ModelContract = PRETRAINING, keep_tracing: bool = False) -> ModelInput:
     """Model windows (N, 12, window_samples) float32 from a Recording, as ``contract`` says
-    (the served bundle's; by default the published model's 100 Hz, 10 s); pure, no I/O."""
+    (the served bundle's; by default the published model's 100 Hz, 10 s); pure, no I/O.
+    ``keep_tracing``: also return the 12 leads at the record's own rate (``ModelInput.tracing``)."""
     fs = _check_input(rec, max_duration_s)
     signals, leads_read, derived, warnings = _twelve_leads(rec, _lead_order(contract))
     warnings = list(rec.warnings) + warnings
@@ -343,4 +349,6 @@ def preprocess(rec: Recording, *, pad: bool = False, max_duration_s: float = 600
         duration_s=rec.duration_s,
         padded=padded,
         leads_read=leads_read,
+        acquired_at=rec.acquired_at,
+        tracing=signals if keep_tracing else None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,10 @@ class Recording:
     # reader applied it as declared, so that lead's polarity is the file's word, and it is
     # rarely meant.
     gains: tuple[float, ...] | None = None
+    # when the ECG was acquired, as the file states it (WFDB base date/time, DICOM
+    # AcquisitionDateTime, aECG effectiveTime); None where the file has none. Timezone-aware
+    # when the file gives a zone, naive otherwise (the recorder's local time). Never logged.
+    acquired_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.signals.ndim != 2:

@@ -46,7 +46,7 @@ from app.usecases.explain import (
     rank_diagnoses,
     signal_warnings,
 )
-from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning
+from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning, Tracing
 from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer, ServedModel
 
 ADHOC_SET = "adhoc"
@@ -80,6 +80,8 @@ class DiagnoseOptions:
     aggregation: Aggregation = "max"
     include_windows: bool = False
     evidence_spans: int = 3
+    explain_leads: bool = False  # lead-level evidence: each lead masked, 12 extra passes per window
+    keep_tracing: bool = False  # return the 12-lead signal with each result (for a rendered report)
 
 
 @dataclass
@@ -264,15 +266,17 @@ class DiagnoseService:
         panel = self._cached_panel(label_set, model.embedder)
         timings.since("embed", t)
         waited = t - submitted
-        inputs = self.model_inputs(sources, options.pad, model.runtime.contract, timings, waited=waited)
+        inputs = self.model_inputs(sources, options.pad, model.runtime.contract, timings, waited=waited,
+                                   keep_tracing=options.keep_tracing)
         return label_set, panel, inputs
 
     def model_inputs(self, sources: Sequence[EcgSource], pad: bool, contract: ModelContract, timings: Timings, *,
-                     waited: float = 0.0) -> list[ModelInput]:
+                     waited: float = 0.0, keep_tracing: bool = False) -> list[ModelInput]:
         """The model's windows of each source (the preprocess stage; ``waited``: time spent
-        waiting for the request thread, counted in it)."""
+        waiting for the request thread, counted in it; ``keep_tracing``: keep the 12 leads for a report)."""
         t = time.perf_counter()
-        inputs = [preprocess(s.recording, pad=pad, max_duration_s=self.max_duration_s, contract=contract)
+        inputs = [preprocess(s.recording, pad=pad, max_duration_s=self.max_duration_s, contract=contract,
+                             keep_tracing=keep_tracing)
                   for s in sources]
         timings.add("preprocess", time.perf_counter() - t + waited)
         return inputs
@@ -352,6 +356,8 @@ class DiagnoseService:
                 source=describe_source(mi, source.filename),
                 diagnoses=rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank, model.runtime.contract),
                 warnings=signal_warnings(mi),
+                tracing=(None if mi.tracing is None else
+                         Tracing(fs=mi.fs_in, leads=model.runtime.contract.lead_order, signals=mi.tracing)),
             ))
             metrics.record_ecgs(mi.source_format)
         metrics.observe_request_ecgs(len(sources))

@@ -129,6 +129,7 @@ def describe_source(model_input: ModelInput, filename: str | None) -> SourceDesc
         windows=len(model_input.windows),
         window_starts_s=tuple(round(s, 3) for s in model_input.window_starts_s),
         padded=model_input.padded,
+        acquired_at=model_input.acquired_at,
     )
 
 

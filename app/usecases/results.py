@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
 
 from app.serving.runtime import ModelInfo
 
@@ -18,10 +21,12 @@ __all__ = [
     "EcgResult",
     "EvidenceSpan",
     "LabelSetRef",
+    "LeadEffect",
     "ModelInfo",
     "RankedDiagnosis",
     "ResultWarning",
     "SourceDescription",
+    "Tracing",
 ]
 
 
@@ -33,6 +38,16 @@ class EvidenceSpan:
     start_s: float
     end_s: float
     weight: float
+
+
+@dataclass(frozen=True)
+class LeadEffect:
+    """Lead-level evidence: how one label's probability moves when one lead is masked
+    (``explain=leads``). ``delta`` = probability with the lead masked - the reported probability:
+    negative where the lead supported the diagnosis, positive where it argued against it."""
+
+    lead: str
+    delta: float
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class RankedDiagnosis:
     knowledge: str
     evidence: tuple[EvidenceSpan, ...]
     window_probabilities: tuple[float, ...] | None = None  # only when asked for
+    lead_effects: tuple[LeadEffect, ...] | None = None  # only with explain=leads; in the contract's lead order
 
 
 @dataclass(frozen=True)
@@ -63,6 +79,18 @@ class SourceDescription:
     windows: int
     window_starts_s: tuple[float, ...]
     padded: bool
+    acquired_at: datetime | None = None  # as the file states it (None: the file has no acquisition time)
+
+
+@dataclass(frozen=True, eq=False)
+class Tracing:
+    """The signal a report plots: the 12 leads at the record's own rate, in millivolts, after
+    lead derivation and NaN filling (what was scored, before resampling). Only when asked for
+    (``DiagnoseOptions.keep_tracing``); never part of the JSON answer."""
+
+    fs: float
+    leads: tuple[str, ...]
+    signals: np.ndarray  # (12, n) float64, mV, rows in ``leads`` order
 
 
 @dataclass(frozen=True)
@@ -83,6 +111,7 @@ class EcgResult:
     source: SourceDescription
     diagnoses: tuple[RankedDiagnosis, ...]
     warnings: tuple[ResultWarning, ...]
+    tracing: Tracing | None = None  # only with DiagnoseOptions.keep_tracing (reports)
 
 
 @dataclass(frozen=True)
