@@ -200,12 +200,28 @@ def test_binary_header_is_malformed(tmp_path: Path) -> None:
         READER.read(header, ReadHints())
 
 
-def test_wfdb_failure_is_wrapped(ecg_data_dir: Path, tmp_path: Path) -> None:
-    # A base time wfdb cannot parse: its ValueError must come back as MalformedFile.
+def test_wfdb_failure_is_wrapped(ecg_data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A ValueError from wfdb (on the wfdb path) must come back as MalformedFile naming the file.
+    from app.ecg.readers import wfdb_reader
+
     header = _copy_record(ecg_data_dir, "E07500", tmp_path)
-    header.write_text(header.read_text().replace("E07500 12 500 5000", "E07500 12 500 5000 99:99:99", 1))
+    monkeypatch.setattr(wfdb_reader, "_simple_plan", lambda *_args: None)
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise ValueError("time data '99:99:99' does not match format '%H:%M:%S'")
+
+    monkeypatch.setattr(wfdb, "rdrecord", broken)
     with pytest.raises(MalformedFile, match=r"E07500\.hea: cannot read WFDB record \(ValueError"):
         READER.read(header, ReadHints())
+
+
+def test_a_base_time_wfdb_cannot_parse_is_dropped_not_fatal(ecg_data_dir: Path, tmp_path: Path) -> None:
+    # A malformed acquisition time never fails the read (issue 12): dropped, noted, acquired_at None.
+    header = _copy_record(ecg_data_dir, "E07500", tmp_path)
+    header.write_text(header.read_text().replace("E07500 12 500 5000", "E07500 12 500 5000 99:99:99", 1))
+    rec = READER.read(header, ReadHints())
+    assert rec.acquired_at is None and rec.n_samples == 5000
+    assert rec.metadata["header_quirks"] == ["base time/date is not a real time or date; ignored"]
 
 
 def test_multi_segment_is_refused(tmp_path: Path) -> None:

@@ -129,8 +129,10 @@ def _group(label: str, sig_mv: np.ndarray, fs: float, names, *, lsb_uv: float, c
 
 def write_dicom(path: Path, rec: Rec, *, lsb_uv: float = 2.5, corr: float = 1.0,
                 baseline_uv: float = 0.0, units: str = "uV", sop: str | None = None,
-                median: bool = True, rhythm_label: str = "RHYTHM", style: str = "meaning") -> Path:
-    """A DICOM ECG: a MEDIAN group (first, 1.2 s of other data) and the rhythm group."""
+                median: bool = True, rhythm_label: str = "RHYTHM", style: str = "meaning",
+                dates: dict[str, str] | None = None) -> Path:
+    """A DICOM ECG: a MEDIAN group (first, 1.2 s of other data) and the rhythm group. ``dates``:
+    attributes by keyword, e.g. ``{"AcquisitionDateTime": "20200512123359", "TimezoneOffsetFromUTC": "+0200"}``."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -150,6 +152,8 @@ def write_dicom(path: Path, rec: Rec, *, lsb_uv: float = 2.5, corr: float = 1.0,
     ds.PatientName = FAKE_PATIENT_NAME
     ds.PatientID = FAKE_PATIENT_ID
     ds.PatientBirthDate = FAKE_BIRTH
+    for keyword, value in (dates or {}).items():
+        setattr(ds, keyword, value)
     groups = []
     kw = dict(lsb_uv=lsb_uv, corr=corr, baseline_uv=baseline_uv, units=units, style=style)
     if median:
@@ -226,14 +230,19 @@ def _seqset(parent, sig_mv, fs, names, *, scale_uv, origin_uv, time_unit, time_c
 
 
 def write_aecg(path: Path, rec: Rec, *, scale_uv: float = 2.5, origin_uv: float = 0.0,
-               time_unit: str = "s", derived: bool = True) -> Path:
+               time_unit: str = "s", derived: bool = True, effective_time: str | None = None,
+               series_effective_time: str | None = None) -> Path:
     """aECG with the rhythm series; the median-beat derivedSeries is placed before the rhythm
-    sequenceSet so a reader that takes the first sequenceSet in document order is wrong."""
+    sequenceSet so a reader that takes the first sequenceSet in document order is wrong.
+    ``effective_time`` / ``series_effective_time``: the ``effectiveTime/low`` values (HL7 TS) of
+    the AnnotatedECG and of the rhythm series."""
     ET.register_namespace("", HL7)
     ET.register_namespace("xsi", XSI)
     root = ET.Element(f"{{{HL7}}}AnnotatedECG")
     _e(root, "id", root="1.2.3.4")
     _e(root, "code", code="93000", codeSystem="2.16.840.1.113883.6.12")
+    if effective_time is not None:
+        _e(_e(root, "effectiveTime"), "low", value=effective_time)
     person = _e(_e(_e(_e(_e(root, "componentOf"), "timepointEvent"), "componentOf"),
                    "subjectAssignment"), "subject")
     trial = _e(person, "trialSubject")
@@ -243,6 +252,8 @@ def write_aecg(path: Path, rec: Rec, *, scale_uv: float = 2.5, origin_uv: float 
     _e(demo, "birthTime", value=FAKE_BIRTH)
     series = _e(_e(root, "component"), "series")
     _e(series, "code", code="RHYTHM", codeSystem="2.16.840.1.113883.5.4")
+    if series_effective_time is not None:
+        _e(_e(series, "effectiveTime"), "low", value=series_effective_time)
     if derived:
         ds = _e(_e(series, "derivation"), "derivedSeries")
         _e(ds, "code", code="REPRESENTATIVE_BEAT", codeSystem="2.16.840.1.113883.5.4")
@@ -285,8 +296,10 @@ def _muse_waveform(parent, wtype, sig_mv, fs, names, uv_per_bit):
             b64[i:i + 76] for i in range(0, len(b64), 76))
 
 
-def write_muse(path: Path, rec: Rec, *, uv_per_bit: float = 4.88, median: bool = True) -> Path:
-    """MUSE XML with the 8 stored leads; the Median waveform comes first in the file."""
+def write_muse(path: Path, rec: Rec, *, uv_per_bit: float = 4.88, median: bool = True,
+               acquired: tuple[str, str] | None = None) -> Path:
+    """MUSE XML with the 8 stored leads; the Median waveform comes first in the file.
+    ``acquired``: TestDemographics (AcquisitionDate, AcquisitionTime), e.g. ("05-12-2020", "12:33:59")."""
     idx = [rec.names.index(n) for n in MUSE_LEADS]
     sig = rec.signals[idx]
     root = ET.Element("RestingECG")
@@ -295,6 +308,10 @@ def write_muse(path: Path, rec: Rec, *, uv_per_bit: float = 4.88, median: bool =
     ET.SubElement(demo, "PatientID").text = FAKE_PATIENT_ID
     ET.SubElement(demo, "PatientLastName").text = FAKE_PATIENT_NAME
     ET.SubElement(demo, "DateofBirth").text = FAKE_BIRTH
+    if acquired is not None:
+        test = ET.SubElement(root, "TestDemographics")
+        ET.SubElement(test, "AcquisitionDate").text = acquired[0]
+        ET.SubElement(test, "AcquisitionTime").text = acquired[1]
     if median:
         n = int(0.6 * rec.fs)
         _muse_waveform(root, "Median", -3.0 * sig[:, :n], rec.fs, MUSE_LEADS, uv_per_bit)
@@ -385,7 +402,9 @@ def xli_encode(leads_lsb: np.ndarray, *, std12_residuals: bool = True, extra_zer
 
 
 def write_sierra(path: Path, rec: Rec, *, resolution_uv: float = 5.0, xli: bool = False,
-                 seconds: float | None = None, extra_zero_leads: int = 0) -> Path:
+                 seconds: float | None = None, extra_zero_leads: int = 0,
+                 acquired: tuple[str, str] | None = None) -> Path:
+    """``acquired``: the dataacquisition element's (date, time) attributes, e.g. ("2020-05-12", "12:33:59")."""
     sig = rec.signals if seconds is None else rec.signals[:, : int(seconds * rec.fs)]
     q = quantise(sig, resolution_uv * 1e-3)
     n = q.shape[1]
@@ -405,7 +424,8 @@ def write_sierra(path: Path, rec: Rec, *, resolution_uv: float = 5.0, xli: bool 
     e(pat, "patientid", FAKE_PATIENT_ID)
     e(e(pat, "name"), "lastname", FAKE_PATIENT_NAME)
     e(pat, "dateofbirth", FAKE_BIRTH)
-    sc = e(e(root, "dataacquisition"), "signalcharacteristics")
+    acq_attrs = {"date": acquired[0], "time": acquired[1]} if acquired is not None else {}
+    sc = e(e(root, "dataacquisition", **acq_attrs), "signalcharacteristics")
     e(sc, "samplingrate", f"{rec.fs:g}")
     e(sc, "resolution", f"{resolution_uv:g}")
     e(sc, "acquisitiontype", "STD-12")

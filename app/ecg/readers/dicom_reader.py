@@ -18,17 +18,25 @@ applied as written). A product of zero or one that is not finite is refused (Mal
 naming the channels): every sample would read as the baseline. A correction factor absent or
 empty counts as 1; one written as 0 is that zero, not "absent". A channel without a sensitivity
 (read with the caller's units hint) gets the gain that hint implies.
+
+``Recording.acquired_at``: AcquisitionDateTime (DT, with its own UTC offset or else
+TimezoneOffsetFromUTC), else AcquisitionDate + AcquisitionTime, else ContentDate + ContentTime
+(DA + TM, in TimezoneOffsetFromUTC when present); naive without an offset. A malformed value
+is skipped (the next one is tried) and, if none is usable, reported as the
+``acquisition_time_unreadable`` warning; it never fails the read.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from app.ecg.readers._common import gain_from_resolution, refuse_unusable_gains
+from app.ecg.readers._dates import WARNING_CODE, acquisition_time, compact_datetime, dicom_date_time, utc_offset
 from app.ecg.readers._limits import check_samples, inflated_size
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording, SignalWarning
@@ -288,11 +296,45 @@ class DicomEcgReader:
         manufacturer = ds.get("Manufacturer")
         if manufacturer:
             metadata["manufacturer"] = str(manufacturer)
+        acquired_at, time_warnings = _acquired_at(ds)
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(names),
-            source_format=self.name, warnings=warnings, metadata=metadata,
+            source_format=self.name, warnings=warnings + time_warnings, metadata=metadata,
             gains=tuple(gain_from_resolution(step, factor) for step, factor in steps),
+            acquired_at=acquired_at,
         )
+
+
+def _text(ds: Any, keyword: str) -> str | None:
+    """An attribute's value as text (None when absent or empty); never raises."""
+    try:
+        value = ds.get(keyword)
+    except Exception:  # a value pydicom cannot convert
+        return None
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _acquired_at(ds: Any) -> tuple[datetime | None, list[SignalWarning]]:
+    """The acquisition time and, when something in the file could not be read, a warning. A
+    malformed TimezoneOffsetFromUTC leaves the times naive (the recorder's local time)."""
+    zone = _text(ds, "TimezoneOffsetFromUTC")
+    warnings: list[SignalWarning] = []
+    try:
+        utc_offset(zone)
+    except ValueError:
+        zone = None
+        warnings.append(SignalWarning(WARNING_CODE, "DICOM ECG: TimezoneOffsetFromUTC is not a valid UTC offset; "
+                                                    "the acquisition time is read without a zone"))
+    acquired_at, more = acquisition_time([
+        ("AcquisitionDateTime", lambda: compact_datetime(_text(ds, "AcquisitionDateTime"), zone)),
+        ("AcquisitionDate/AcquisitionTime",
+         lambda: dicom_date_time(_text(ds, "AcquisitionDate"), _text(ds, "AcquisitionTime"), zone)),
+        ("ContentDate/ContentTime", lambda: dicom_date_time(_text(ds, "ContentDate"), _text(ds, "ContentTime"), zone)),
+    ], "DICOM ECG")
+    return acquired_at, warnings + more
 
 
 def _has_sensitivity(channel: Any) -> bool:

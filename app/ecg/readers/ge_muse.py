@@ -19,6 +19,10 @@ does that). Patient demographics are never copied into metadata.
 ``Recording.gains``: 1 / LeadAmplitudeUnitsPerBit per lead, in digits per mV of
 LeadAmplitudeUnits, sign kept. Zero units per bit is refused (MalformedFile naming the leads):
 every sample would read as 0 and the cause would be lost in a "flat lead" refusal later.
+
+``Recording.acquired_at``: TestDemographics AcquisitionDate (``MM-DD-YYYY``) and AcquisitionTime
+(``HH:MM:SS``), naive (MUSE gives no zone). A malformed one gives None and the
+``acquisition_time_unreadable`` warning.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from app.ecg.readers._common import (
     refuse_unusable_gains,
     stack_leads,
 )
+from app.ecg.readers._dates import acquisition_time, us_date_time
 from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -170,9 +175,15 @@ class GeMuseReader(XmlRootReader):
                 f"GE MUSE stores only {', '.join(names)}; limb leads {', '.join(missing)} "
                 "must be derived from I and II"
             )
+        test = child(root, "TestDemographics")
+        day = text_of(child(test, "AcquisitionDate")) if test is not None else ""
+        clock = text_of(child(test, "AcquisitionTime")) if test is not None else ""
+        acquired_at, time_warnings = acquisition_time(
+            [("AcquisitionDate/AcquisitionTime", lambda: us_date_time(day, clock))], FORMAT_LABEL)
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(names),
-            source_format=self.name, warnings=warnings, metadata=metadata, gains=tuple(gains),
+            source_format=self.name, warnings=warnings + time_warnings, metadata=metadata, gains=tuple(gains),
+            acquired_at=acquired_at,
         )
 
 

@@ -19,6 +19,10 @@ Subject demographics are never copied into metadata.
 negative scale inverts the lead as written). A scale of 0 is refused (MalformedFile naming the
 leads): every sample would read as the origin. (A non-finite scale is already refused where
 the number is parsed.)
+
+``Recording.acquired_at``: the chosen series' ``effectiveTime/low`` (else the AnnotatedECG's),
+an HL7 v3 TS (``YYYYMMDDHHMMSS.UUUU[+|-ZZzz]``): timezone-aware when it carries a zone, naive
+otherwise. A malformed one gives None and the ``acquisition_time_unreadable`` warning.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from app.ecg.readers._common import (
     refuse_unusable_gains,
     stack_leads,
 )
+from app.ecg.readers._dates import acquisition_time, compact_datetime
 from app.ecg.readers._limits import STANDARD_LEAD_COUNT, check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, children, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -61,6 +66,16 @@ def _pq(el: Element | None, what: str) -> tuple[float, str]:
     if el is None or v is None:
         raise MalformedFile(f"{FORMAT_LABEL}: {what} has no value")
     return v, (el.get("unit") or "").strip()
+
+
+def _effective_low(el: Element) -> str | None:
+    """``effectiveTime/low/@value`` (or ``effectiveTime/@value``) of ``el``; None without one."""
+    effective = child(el, "effectiveTime")
+    if effective is None:
+        return None
+    low = child(effective, "low")
+    value = low.get("value") if low is not None else effective.get("value")
+    return value.strip() if value and value.strip() else None
 
 
 def _lead_name(code: str) -> str:
@@ -189,9 +204,13 @@ class HL7AecgReader(XmlRootReader):
         if not rows:
             raise MalformedFile(f"{FORMAT_LABEL}: sequenceSet has no MDC_ECG_LEAD_* sequences")
         metadata = {"series_code": _code(chosen), "lsb_mV": lsb, "n_series": len(series)}
+        effective = _effective_low(chosen) or _effective_low(root)
+        acquired_at, time_warnings = acquisition_time(
+            [("effectiveTime", lambda: compact_datetime(effective))], FORMAT_LABEL)
         return Recording(
             signals=stack_leads(rows, warnings), fs=fs, lead_names=tuple(names),
-            source_format=self.name, warnings=warnings, metadata=metadata, gains=tuple(gains),
+            source_format=self.name, warnings=warnings + time_warnings, metadata=metadata, gains=tuple(gains),
+            acquired_at=acquired_at,
         )
 
 

@@ -21,6 +21,10 @@ durationperchannel (ms), leadlabels. Patient data are never copied into metadata
 ``Recording.gains``: 1 / resolution (one resolution for every lead), in digits per mV, sign
 kept. A resolution of 0 is refused (MalformedFile naming every lead): every sample would read
 as 0.
+
+``Recording.acquired_at``: the ``dataacquisition`` element's ``date`` (``YYYY-MM-DD``) and
+``time`` (``HH:MM:SS``) attributes, naive (the file gives no zone). A malformed one gives None
+and the ``acquisition_time_unreadable`` warning.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from app.ecg.readers._common import (
     parse_number,
     refuse_unusable_gains,
 )
+from app.ecg.readers._dates import acquisition_time, iso_date_time
 from app.ecg.readers._limits import check_leads, check_samples, count_tokens
 from app.ecg.readers._xml import XmlRootReader, child, local, parse_root, text_of
 from app.ecg.readers.base import FormatReader, ReadHints
@@ -227,10 +232,14 @@ class PhilipsSierraReader(XmlRootReader):
         doc = child(root, "documentinfo")
         if doc is not None:
             metadata["document_version"] = text_of(child(doc, "documentversion"))
+        day, clock = (acq.get("date"), acq.get("time")) if acq is not None else (None, None)
+        acquired_at, time_warnings = acquisition_time(
+            [("dataacquisition date/time", lambda: iso_date_time(day, clock))], FORMAT_LABEL)
         return Recording(
             signals=signals, fs=fs, lead_names=tuple(labels),
-            source_format=self.name, warnings=[], metadata=metadata,
+            source_format=self.name, warnings=time_warnings, metadata=metadata,
             gains=(gain_from_resolution(resolution_uv, to_millivolts_factor("uV")),) * n_leads,
+            acquired_at=acquired_at,
         )
 
 

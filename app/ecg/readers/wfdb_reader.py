@@ -23,6 +23,9 @@ Samples are decoded one of two ways, with the same result (``p_signal`` of
 Either way the samples are converted to millivolts from each channel's header units;
 invalid samples stay NaN. ``metadata["decoder"]`` says which path read the record.
 
+``Recording.acquired_at``: the record line's base time and base date (``HH:MM:SS dd/mm/yyyy``),
+naive (WFDB gives no zone); None when either is missing or was dropped as malformed.
+
 ``Recording.gains`` is each signal's ADC gain as read (adu per header unit; 200 where the
 field is missing, as wfdb reads it) over the unit's millivolts: adu per mV, sign kept. A gain
 the header states as 0 is refused (MalformedFile naming the signals), although wfdb reads it as
@@ -53,6 +56,7 @@ except ImportError:  # pragma: no cover - depends on the installed wfdb
     _WFDB_PATTERNS = False
 
 from app.ecg.readers._common import gain_per_mv, refuse_unusable_gains
+from app.ecg.readers._dates import acquisition_time, wfdb_date_time
 from app.ecg.readers._limits import check_samples
 from app.ecg.readers.base import FormatReader, ReadHints
 from app.ecg.recording import Recording
@@ -178,7 +182,8 @@ def _normalise_header(text: str, path: Path) -> tuple[str, list[str]]:
       as in a public 2020 challenge set) or other characters wfdb's record-name pattern
       refuses: the name becomes the header's own stem (which is what wfdb reads by);
     * a base date or time not in WFDB's ``dd/mm/yyyy`` / ``HH:MM:SS`` form (``2020-01-02``,
-      a two-digit year): dropped, the service never uses them.
+      a two-digit year, ``12-May-2020 12:33:59``), or not a real date or time (``31/02/2020``,
+      ``25:00:00``): dropped (wfdb would refuse the record), so the acquisition time is unknown.
 
     Only the record line changes; CRLF line ends, tabs, trailing blanks, blank lines and
     missing optional fields already read as wfdb reads them.
@@ -208,10 +213,34 @@ def _normalise_header(text: str, path: Path) -> tuple[str, list[str]]:
         if not valid:
             fixes.append(f"base time/date {' '.join(when)[:40]!r} not in WFDB form; ignored")
             tokens = tokens[:4]
+        elif not _when_parses(when):
+            fixes.append("base time/date is not a real time or date; ignored")  # the value: a date about a patient
+            tokens = tokens[:4]
     if not fixes:
         return text, fixes
     lines[index] = " ".join(tokens)
     return "\n".join(lines) + "\n", fixes
+
+
+def _when_parses(when: list[str]) -> bool:
+    """The base time (and date) as wfdb converts them: ``wfdb_strptime`` and ``%d/%m/%Y``."""
+    try:
+        if wfdb_header is not None:
+            wfdb_header.wfdb_strptime(when[0])
+        else:  # pragma: no cover - depends on the installed wfdb
+            wfdb_date_time(when[0], "01/01/2000")
+        if len(when) > 1:
+            datetime.datetime.strptime(when[1], "%d/%m/%Y")  # noqa: DTZ007 -- validates the format only
+    except ValueError:
+        return False
+    return True
+
+
+def _base_date_time(text: str) -> tuple[str | None, str | None]:
+    """The (normalised) record line's base time and base date, where it has them."""
+    lines = _content_lines(text)
+    tokens = lines[0].split() if lines else []
+    return (tokens[4] if len(tokens) > 4 else None), (tokens[5] if len(tokens) > 5 else None)
 
 
 def _read_header_text(path: Path) -> str:
@@ -672,6 +701,9 @@ class WfdbReader:
             physical, sig_names, units, adc_gains = _decode_wfdb(path, text if fixes else None, files)
             decoder = "wfdb"
         signals = _millivolts(physical, units, path)
+        base_time, base_date = _base_date_time(text)
+        acquired_at, warnings = acquisition_time(
+            [("base time/date", lambda: wfdb_date_time(base_time, base_date))], path.name)
         names = tuple(name or f"signal{i + 1}" for i, name in enumerate(sig_names))
         if len(names) != signals.shape[0]:
             raise MalformedFile(
@@ -683,6 +715,8 @@ class WfdbReader:
             lead_names=names,
             source_format=self.name,
             gains=_gains_per_mv(header, names, units, adc_gains, path),
+            warnings=warnings,
+            acquired_at=acquired_at,
             metadata={
                 "n_signals": len(names),
                 "storage_formats": sorted({spec.fmt for spec in header.signals}),
