@@ -18,6 +18,7 @@ from app.ecg.readers import (
     hl7_aecg,
     npy_reader,
     philips_sierra,
+    scp_ecg,
     sph_hdf5,
     wfdb_reader,
 )
@@ -28,6 +29,7 @@ from app.errors import InvalidInput, MalformedFile, UnsupportedFormat
 READERS: list[FormatReader] = [
     wfdb_reader.READER,
     dicom_reader.READER,
+    scp_ecg.READER,
     hl7_aecg.READER,
     ge_muse.READER,
     philips_sierra.READER,
