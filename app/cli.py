@@ -130,6 +130,7 @@ def cmd_diagnose(args: argparse.Namespace) -> int:
     options = DiagnoseOptions(
         label_set=args.label_set, labels=tuple(args.label or (d.name for d in adhoc)), top_k=args.top_k,
         threshold=args.threshold, pad=args.pad, aggregation=args.aggregation, include_windows=args.include_windows,
+        explain_leads=args.explain == "leads",
     )
     hints = ReadHints(sampling_rate=args.sampling_rate, units=args.units,
                       lead_names=tuple(n.strip() for n in args.lead_names.split(",")) if args.lead_names else None)
@@ -293,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--aggregation", choices=["max", "mean"], default="max",
                    help="how window probabilities combine for records longer than 10 s")
     g.add_argument("--include-windows", action="store_true", help="each label's per-window probabilities too")
+    g.add_argument("--explain", choices=["none", "leads"], default="none",
+                   help="leads: lead-level evidence per diagnosis (each lead masked in turn; 12 extra model passes "
+                   "per window)")
     g.add_argument("--sampling-rate", type=_positive_float, help="Hz, for formats without a rate (CSV, NPY)")
     g.add_argument("--units", help="mV, uV or V, for formats without units (CSV, NPY)")
     g.add_argument("--lead-names", help="comma-separated lead names for NPY arrays")

@@ -32,11 +32,13 @@ if [ "${ECGFM_GPU:-0}" = 1 ]; then
 fi
 # Debian packages the tests use (skipped with a reason where one is missing):
 #   prometheus (server + promtool) for the metrics tests, chromium (headless, driven by Playwright)
-#   for the test that renders /docs offline, docker-compose (v1) for the compose-file validation
+#   for the tests that render /docs and the report page offline, poppler-utils (pdftoppm) for the
+#   test that renders the PDF report's pages, docker-compose (v1) for the compose-file validation
 #   (no Docker engine needed).
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}") \

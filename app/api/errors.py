@@ -1,9 +1,12 @@
 """Domain errors -> HTTP, in one place. Every error body is
-``{"error": {"code": ..., "message": ..., "details": {...}}, "request_id": ...}`` (``ErrorBody``)."""
+``{"error": {"code": ..., "message": ..., "details": {...}}, "request_id": ...}`` (``ErrorBody``),
+or, when the request's Accept lists ``application/fhir+json``, a FHIR OperationOutcome with the
+same status and headers (``app.api.fhir.operation_outcome``)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -12,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import errors as E
+from app.api.fhir import FHIR_JSON, accepts_fhir, operation_outcome
 from app.ops import metrics
 from app.serving.batching import BatchError
 
@@ -105,14 +109,24 @@ def error_body(code: str, message: str, details: dict[str, Any] | None = None, *
     return {"error": {"code": code, "message": message, "details": details or {}}, "request_id": request_id}
 
 
+def _answer(request: Request, status: int, code: str, message: str, details: dict[str, Any] | None = None, *,
+            headers: Mapping[str, str] | None = None, problems: list[str] | None = None) -> JSONResponse:
+    """The error answer: ``ErrorBody``, or an OperationOutcome for a caller that asks for FHIR."""
+    request_id = request_id_of(request)
+    if accepts_fhir(request.headers.get("accept")):
+        return JSONResponse(operation_outcome(status, code, message, request_id=request_id, problems=problems),
+                            status_code=status, headers=headers, media_type=FHIR_JSON)
+    return JSONResponse(error_body(code, message, details, request_id=request_id), status_code=status,
+                        headers=headers)
+
+
 async def _service_error(request: Request, exc: E.ServiceError) -> JSONResponse:
     metrics.record_error(exc.code)
     retry_after = getattr(exc, "retry_after_s", None)  # Overloaded and its subclasses
     headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
     if isinstance(exc, E.Unauthenticated):
         headers = {"WWW-Authenticate": 'Bearer realm="ecgfm-ked"'}
-    return JSONResponse(error_body(exc.code, exc.message, exc.details, request_id=request_id_of(request)),
-                        status_code=status_for(exc), headers=headers)
+    return _answer(request, status_for(exc), exc.code, exc.message, exc.details, headers=headers)
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -121,9 +135,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         {"location": [str(p) for p in e.get("loc", ())], "problem": e.get("msg", "")} for e in exc.errors()
     ]
     summary = "; ".join(f"{'.'.join(p['location'])}: {p['problem']}" for p in problems[:5])
-    return JSONResponse(error_body(VALIDATION_CODE, f"the request is not valid: {summary}", {"problems": problems},
-                                   request_id=request_id_of(request)),
-                        status_code=VALIDATION_STATUS)
+    return _answer(request, VALIDATION_STATUS, VALIDATION_CODE, f"the request is not valid: {summary}",
+                   {"problems": problems},
+                   problems=[f"{'.'.join(p['location'])}: {p['problem']}" for p in problems])
 
 
 def allowed_methods(request: Request) -> str:
@@ -153,16 +167,14 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     headers = exc.headers
     if exc.status_code == 405 and (allow := allowed_methods(request)):
         headers = {**(headers or {}), "Allow": allow}
-    return JSONResponse(error_body(code, str(exc.detail), request_id=request_id_of(request)),
-                        status_code=exc.status_code, headers=headers)
+    return _answer(request, exc.status_code, code, str(exc.detail), headers=headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # No request content in the log line: it may carry patient data.
     log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     metrics.record_error(INTERNAL_CODE)
-    return JSONResponse(error_body(INTERNAL_CODE, "an internal error occurred; it has been logged",
-                                   request_id=request_id_of(request)), status_code=500)
+    return _answer(request, 500, INTERNAL_CODE, "an internal error occurred; it has been logged")
 
 
 def install(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from app import __version__
 from app.api import errors, openapi
 from app.api.middleware import RequestObserver
-from app.api.routes import audit, diagnose, embeddings, health, keys, labels, models
+from app.api.routes import audit, diagnose, embeddings, health, keys, labels, models, page
 from app.api.server import on_shutdown_signal
 from app.api.state import ServiceState, build_state, follow_model_switches
 from app.errors import ServiceError
@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.add_middleware(RequestObserver, settings=settings)
     app.include_router(health.router)
+    app.include_router(page.router)  # GET /: the page for a person (public: it holds no data)
     app.include_router(diagnose.router)
     app.include_router(embeddings.router)
     app.include_router(models.router)

@@ -77,6 +77,44 @@ ERROR_SCHEMA_NAME = "ErrorBody"
 ERROR_REF = f"#/components/schemas/{ERROR_SCHEMA_NAME}"
 FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
 JSON = "application/json"
+FHIR_JSON = "application/fhir+json"
+# Every error, asked for with `Accept: application/fhir+json`, is a FHIR OperationOutcome
+# (app/api/errors.py, app/api/fhir.py operation_outcome): declared beside ErrorBody.
+OUTCOME_SCHEMA_NAME = "FhirOperationOutcome"
+OUTCOME_REF = f"#/components/schemas/{OUTCOME_SCHEMA_NAME}"
+OPERATION_OUTCOME_SCHEMA: dict[str, Any] = {
+    "title": OUTCOME_SCHEMA_NAME,
+    "type": "object",
+    "description": "a FHIR R4 OperationOutcome (with `Accept: application/fhir+json`): issue[0] is the error, its "
+                   "`details.coding` the service's error code (system `urn:ecgfm-ked:error-code`), `diagnostics` the "
+                   "message; the request id is the `id` (where it is a FHIR id) and an extension",
+    "required": ["resourceType", "issue"],
+    "properties": {
+        "resourceType": {"type": "string", "const": "OperationOutcome"},
+        "id": {"type": "string"},
+        "extension": {"type": "array", "items": {"type": "object"}},
+        "issue": {"type": "array", "minItems": 1, "items": {
+            "type": "object",
+            "required": ["severity", "code"],
+            "properties": {
+                "severity": {"type": "string", "enum": ["fatal", "error", "warning", "information"]},
+                "code": {"type": "string", "description": "FHIR IssueType, e.g. invalid, login, not-found"},
+                "details": {"type": "object", "properties": {
+                    "coding": {"type": "array", "items": {"type": "object", "properties": {
+                        "system": {"type": "string"}, "code": {"type": "string"}}}},
+                    "text": {"type": "string"}}},
+                "diagnostics": {"type": "string"},
+            },
+        }},
+    },
+    "examples": [{"resourceType": "OperationOutcome", "id": "6f1c2a9e0b7d4e55a3c1d2e3f4a5b6c7",
+                  "extension": [{"url": "urn:ecgfm-ked:fhir:extension:request-id",
+                                 "valueString": "6f1c2a9e0b7d4e55a3c1d2e3f4a5b6c7"}],
+                  "issue": [{"severity": "error", "code": "not-found",
+                             "details": {"coding": [{"system": "urn:ecgfm-ked:error-code", "code": "not_found"}],
+                                         "text": "no label set named 'rhythm'"},
+                             "diagnostics": "no label set named 'rhythm'"}]}],
+}
 
 DOCS_ASSETS_URL = "/docs-assets"
 # The documentation pages may load nothing from outside the service (hospital networks often
@@ -137,13 +175,15 @@ def _is_error_schema(schema: Any) -> bool:
 
 
 def _declare_error_response(status: str, response: dict[str, Any]) -> None:
-    """Rewrite one response whose body is an error: our schema, under application/json only
-    (whatever the route's own media type), with one example per error code of the status."""
+    """Rewrite one response whose body is an error: our schema under application/json (whatever
+    the route's own media type), with one example per error code of the status, and the
+    OperationOutcome under application/fhir+json."""
     content = response.setdefault("content", {})
     for media_type in [m for m, c in content.items() if _is_error_schema(c.get("schema"))]:
         content.pop(media_type)
     examples = {code: error_example(code) for code in codes_for_status(int(status))} if status.isdigit() else {}
     content[JSON] = {"schema": {"$ref": ERROR_REF}, **({"examples": examples} if examples else {})}
+    content[FHIR_JSON] = {"schema": {"$ref": OUTCOME_REF}}
     if response.get("description") in (None, "", "Validation Error"):
         response["description"] = ERROR_DESCRIPTIONS.get(int(status), "error") if status.isdigit() else "error"
 
@@ -196,6 +236,7 @@ def finish_document(document: dict[str, Any]) -> dict[str, Any]:
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in _DECLARED_COMPONENTS.items():
         schemas.setdefault(name, schema)
+    schemas.setdefault(OUTCOME_SCHEMA_NAME, OPERATION_OUTCOME_SCHEMA)
     _mark_binary_strings(document)
     for path_item in document.get("paths", {}).values():
         for operation in path_item.values():

@@ -400,6 +400,25 @@ class Evidence(BaseModel):
         return cls(start_s=span.start_s, end_s=span.end_s, weight=span.weight)
 
 
+class LeadEvidence(BaseModel):
+    """How one diagnosis' probability moves when one lead is masked (``explain=leads``).
+
+    The lead is masked by holding it at its own mean over each window (a flat line at its
+    baseline level; a lead that is already flat is unchanged, so its delta is 0), the ECG is
+    scored again with the rest of the leads as they were, and the masked probability is combined
+    over windows as ``probability`` is. ``delta`` = that probability - ``probability``: negative
+    where the lead supported the diagnosis (without it the model is less sure), positive where it
+    argued against it. Evidence about what the model used, not about the patient."""
+
+    lead: str = Field(..., examples=["V1"])
+    delta: float = Field(..., description="probability with the lead masked minus the reported probability "
+                                          "(negative: the lead supported the diagnosis)", examples=[-0.0421])
+
+    @classmethod
+    def of(cls, effect: diagnose_results.LeadEffect) -> LeadEvidence:
+        return cls(lead=effect.lead, delta=effect.delta)
+
+
 class Diagnosis(BaseModel):
     rank: int = Field(..., description="1 = most probable label of the set (kept when others are filtered out)")
     label: str
@@ -410,13 +429,18 @@ class Diagnosis(BaseModel):
     knowledge: str = Field(..., description="the label's description, for the clinician")
     evidence: list[Evidence] = Field(..., description="signal spans the label attended to most, heaviest first")
     window_probabilities: list[float] | None = Field(None, description="per window (with include_windows=true)")
+    lead_evidence: list[LeadEvidence] | None = Field(
+        None, description="with explain=leads (else null): per lead, in the model's lead order, how the probability "
+                          "moves when that lead is masked (held at its mean); negative delta: the lead supported "
+                          "the diagnosis")
 
     @classmethod
     def of(cls, d: diagnose_results.RankedDiagnosis) -> Diagnosis:
         return cls(rank=d.rank, label=d.label, label_id=d.label_id, probability=d.probability,
                    aggregation=d.aggregation, codes=dict(d.codes), knowledge=d.knowledge,
                    evidence=[Evidence.of(e) for e in d.evidence],
-                   window_probabilities=None if d.window_probabilities is None else list(d.window_probabilities))
+                   window_probabilities=None if d.window_probabilities is None else list(d.window_probabilities),
+                   lead_evidence=None if d.lead_effects is None else [LeadEvidence.of(e) for e in d.lead_effects])
 
 
 class SignalWarningOut(BaseModel):
@@ -439,12 +463,15 @@ class SourceOut(BaseModel):
     windows: int
     window_starts_s: list[float]
     padded: bool
+    acquired_at: datetime | None = Field(
+        None, description="when the ECG was acquired, as the file states it (ISO 8601; with a UTC offset only "
+                          "where the file gives a zone, else the recorder's local time); null when the file has none")
 
     @classmethod
     def of(cls, s: diagnose_results.SourceDescription) -> SourceOut:
         return cls(filename=s.filename, format=s.format, fs=s.fs, duration_s=s.duration_s,
                    leads_read=list(s.leads_read), derived_leads=list(s.derived_leads), windows=s.windows,
-                   window_starts_s=list(s.window_starts_s), padded=s.padded)
+                   window_starts_s=list(s.window_starts_s), padded=s.padded, acquired_at=s.acquired_at)
 
 
 class EcgResult(BaseModel):
@@ -491,7 +518,8 @@ DIAGNOSE_RESPONSE_EXAMPLE: dict[str, Any] = {
         "id": None,
         "source": {"filename": "00001_hr.hea", "format": "wfdb", "fs": 500.0, "duration_s": 10.0,
                    "leads_read": ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"],
-                   "derived_leads": [], "windows": 1, "window_starts_s": [0.0], "padded": False},
+                   "derived_leads": [], "windows": 1, "window_starts_s": [0.0], "padded": False,
+                   "acquired_at": "2020-05-12T12:33:59"},
         "diagnoses": [{
             "rank": 1, "label": "atrial fibrillation", "label_id": 12, "probability": 0.912345,
             "aggregation": "single_window", "codes": {"SNOMED CT": "49436004"},
@@ -499,6 +527,7 @@ DIAGNOSE_RESPONSE_EXAMPLE: dict[str, Any] = {
             "evidence": [{"start_s": 3.125, "end_s": 3.75, "weight": 0.2113}, {"start_s": 7.5, "end_s": 7.8125,
                                                                               "weight": 0.0932}],
             "window_probabilities": None,
+            "lead_evidence": None,
         }],
         "warnings": [],
     }],

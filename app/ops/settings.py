@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -124,6 +125,35 @@ class Settings(BaseSettings):
     body_read_timeout_s: float = Field(60.0, gt=0, description="longest time a request body may take to arrive")
     max_ecgs_per_request: int = Field(32, ge=1)
     max_labels_per_request: int = Field(500, ge=1)
+
+    # FHIR answers (app/api/fhir.py)
+    recorder_timezone: str | None = Field(
+        None, description="IANA time zone (e.g. Europe/Berlin) of the ECG recorders whose files give a local time "
+        "without a zone (WFDB, MUSE, Sierra, most DICOM): their FHIR effectiveDateTime is placed in it; unset, "
+        "such a time is given as its date only (FHIR requires a zone on a time)")
+    fhir_positive_threshold: float = Field(
+        0.5, ge=0.0, le=1.0, description="Observation.interpretation in FHIR answers is POS at or above this "
+        "probability (NEG below), and DiagnosticReport.conclusionCode lists the POS ones, unless the request "
+        "gives a threshold above 0; the probabilities are uncalibrated")
+    fhir_performer: str | None = Field(
+        None, pattern=r"^(Organization|Practitioner|PractitionerRole|CareTeam)/[A-Za-z0-9\-.]{1,64}$",
+        description="FHIR reference put in DiagnosticReport.performer and Observation.performer (e.g. the "
+        "Organization that runs this service); unset: no performer (R4 allows no Device there)")
+
+    @field_validator("recorder_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            ZoneInfo(value.strip())
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone name (e.g. Europe/Berlin, UTC)") from None
+        return value.strip()
+
+    @property
+    def recorder_tzinfo(self) -> ZoneInfo | None:
+        return ZoneInfo(self.recorder_timezone) if self.recorder_timezone else None
 
     @property
     def keep_loaded_versions(self) -> tuple[str, ...]:

@@ -39,6 +39,7 @@ from app.serving.batching import AdmissionLimit
 from app.usecases.explain import (
     INTENDED_USE,
     Aggregation,
+    LeadMasking,
     Panel,
     PanelLabel,
     RankOptions,
@@ -53,6 +54,7 @@ ADHOC_SET = "adhoc"
 UNTRAINED_WARNING = ResultWarning(
     "untrained_model", "This response comes from an UNTRAINED demo model (random weights): its outputs mean nothing.")
 R = TypeVar("R")
+MASKED_JOB_WINDOWS = 13  # explain=leads: a window and its 12 masked variants per model job (Scorer.score_in_parts)
 
 
 def knowledge_warnings(label_set: LabelSet) -> tuple[ResultWarning, ...]:
@@ -97,6 +99,10 @@ class Timings:
     def since(self, stage: str, started: float) -> None:
         self.add(stage, time.perf_counter() - started)
 
+    def note(self, stage: str, seconds: float) -> None:
+        """Record a stage for the response only (not one of the stage-latency metric's stages)."""
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
+
     def as_ms(self) -> dict[str, float]:
         out = {k: round(v * 1000, 2) for k, v in self.stages.items()}
         out["total"] = round((time.perf_counter() - self.started) * 1000, 2)
@@ -124,17 +130,31 @@ def _panel(label_set: LabelSet, vectors: np.ndarray) -> Panel:
     return Panel(label_set.name, label_set.version, panel_labels(label_set.labels), vectors)
 
 
-async def _score_all(scorer: Scorer, key: str, inputs: Sequence[ModelInput], vectors: np.ndarray,
-                     deadline: float | None) -> list[Scored]:
-    """Score every ECG of a request; if one fails (e.g. its deadline), the others are withdrawn
-    from the queue (cancelled, so the batcher skips them) instead of being scored for nothing."""
-    tasks = [asyncio.ensure_future(scorer.score(key, mi.windows, vectors, deadline=deadline)) for mi in inputs]
+async def _score_all(scorer: Scorer, key: str, windows: Sequence[np.ndarray], vectors: np.ndarray,
+                     deadline: float | None, *, masked: bool = False) -> list[Scored]:
+    """Score every ECG of a request (``windows``: one array per ECG, one model job each; with
+    ``masked``, lead-masked windows, in jobs of one window's worth each); if one fails (e.g. its
+    deadline), the others are withdrawn from the queue (cancelled, so the batcher skips them)
+    instead of being scored for nothing."""
+    tasks = [asyncio.ensure_future(
+        scorer.score_in_parts(key, w, vectors, part=MASKED_JOB_WINDOWS, deadline=deadline) if masked else
+        scorer.score(key, w, vectors, deadline=deadline)) for w in windows]
     try:
         return list(await asyncio.gather(*tasks))
     finally:
         for t in tasks:
             if not t.done():
                 t.cancel()
+
+
+def _lead_masking(inputs: Sequence[ModelInput], timings: Timings) -> list[LeadMasking]:
+    """Each ECG's windows with their lead-masked variants (``explain=leads``); the time it takes is
+    in the response's timings as ``lead_masking`` (the 12 extra model passes per window are in
+    ``inference``)."""
+    t = time.perf_counter()
+    masking = [LeadMasking.of(mi.windows) for mi in inputs]
+    timings.note("lead_masking", time.perf_counter() - t)
+    return masking
 
 
 def _out_of_range(index: int) -> UnsupportedSignal:
@@ -333,11 +353,19 @@ class DiagnoseService:
         for i, mi in enumerate(inputs):
             if not np.isfinite(mi.windows).all():
                 raise _out_of_range(i)
+        # explain=leads: each ECG is scored on its windows and their lead-masked variants (12 more
+        # windows per window, built off the event loop), in model jobs of 13 windows submitted
+        # together, which the batcher combines up to max_batch_size: a long record's variants never
+        # go into one huge call (memory grows with the call's windows); admission still counts the
+        # ECG as one: that bound is on the ECGs in hand (read and queued), and the 13 times longer
+        # model work is bounded by the request deadline (a job still queued at it is dropped).
+        masking = await self._off_loop(_lead_masking, inputs, timings) if options.explain_leads else None
 
         key = f"{model.embedder.identity}:{panel.version}"
         arrived()
         self.check_deadline(deadline, "before it reached the model")
-        scored = await _score_all(model.scorer, key, inputs, panel.vectors, deadline)
+        windows = [mi.windows for mi in inputs] if masking is None else [m.windows for m in masking]
+        scored = await _score_all(model.scorer, key, windows, panel.vectors, deadline, masked=masking is not None)
         for i, sc in enumerate(scored):
             if not (np.isfinite(sc.probabilities).all() and np.isfinite(sc.attention).all()):
                 raise _out_of_range(i)
@@ -350,11 +378,14 @@ class DiagnoseService:
                            include_windows=options.include_windows, evidence_spans=options.evidence_spans)
         results: list[EcgResult] = []
         for i, (source, mi, sc) in enumerate(zip(sources, inputs, scored, strict=True)):
+            probs, attention, masked = sc.probabilities, sc.attention, None
+            if masking is not None:  # the reported result comes from the original windows' rows alone
+                probs, attention, masked = masking[i].split(probs, attention)
             results.append(EcgResult(
                 ecg_index=i,
                 ref=source.ref,
                 source=describe_source(mi, source.filename),
-                diagnoses=rank_diagnoses(mi, sc.probabilities, sc.attention, panel, rank, model.runtime.contract),
+                diagnoses=rank_diagnoses(mi, probs, attention, panel, rank, model.runtime.contract, masked),
                 warnings=signal_warnings(mi),
                 tracing=(None if mi.tracing is None else
                          Tracing(fs=mi.fs_in, leads=model.runtime.contract.lead_order, signals=mi.tracing)),

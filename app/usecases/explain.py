@@ -1,5 +1,6 @@
 """From model outputs to what a clinician reads: aggregate windows, rank, attach knowledge
-and evidence. Pure functions shared by the API and the command line (no HTTP, no I/O).
+and evidence (attention spans; with ``explain=leads`` the effect of masking each lead). Pure
+functions shared by the API and the command line (no HTTP, no I/O).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 
 from app.contract import PRETRAINING, ModelContract
 from app.ecg.preprocess import ModelInput
-from app.usecases.results import EvidenceSpan, RankedDiagnosis, ResultWarning, SourceDescription
+from app.usecases.results import EvidenceSpan, LeadEffect, RankedDiagnosis, ResultWarning, SourceDescription
 
 INTENDED_USE = (
     "Decision support for qualified clinicians, not a diagnosis. ECGFM-KED ranks diagnostic statements "
@@ -83,14 +84,88 @@ def evidence_spans(attention: np.ndarray, window_start_s: float, n_spans: int, s
     return tuple(EvidenceSpan(round(a, 4), round(b, 4), round(w, 4)) for a, b, w in spans)
 
 
+def mask_leads(windows: np.ndarray) -> np.ndarray:
+    """(N, L, S) windows -> (N, L, L, S): ``[w, l]`` is window ``w`` with lead ``l`` masked.
+
+    A lead is masked by holding it at its own mean over the window: a constant line at the
+    lead's baseline level. That removes the lead's waveform (what the model could read from it)
+    and nothing else. Zeroing it instead would also move a lead with an offset (baseline
+    wander, a DC level) to 0 mV, a step the model sees and answers to; noise would not be
+    deterministic (the same request would give other numbers). A lead that is already flat
+    (constant, zero or not) is returned exactly as it was (its mean is its value), so masking it
+    changes nothing. The mean is taken in float64 (exact for a constant float32 lead) and
+    returned as float32, like the windows.
+    """
+    leads = windows.shape[1]
+    level = windows.mean(axis=-1, dtype=np.float64).astype(windows.dtype)  # (N, L)
+    flat = windows.min(axis=-1) == windows.max(axis=-1)
+    level = np.where(flat, windows[..., 0], level)  # a flat lead keeps its own value, bit for bit
+    masked = np.repeat(windows[:, None], leads, axis=1)
+    diagonal = np.arange(leads)
+    masked[:, diagonal, diagonal, :] = level[:, :, None]
+    return masked
+
+
+@dataclass(frozen=True, eq=False)
+class LeadMasking:
+    """What one ECG is scored on with ``explain=leads``: its N windows, then each window with
+    each lead masked (``mask_leads``), for one model call.
+
+    A variant identical to its window (the lead is already flat) is not scored again: its row
+    is the window's own, so masking a flat lead gives exactly the window's probabilities
+    (delta 0) on any execution provider, and costs no model pass."""
+
+    windows: np.ndarray  # (N + M, L, S): the N original windows, then the M masked variants that differ
+    originals: int  # N
+    rows: np.ndarray  # (N, L) int: the row of ``windows`` scoring window w with lead l masked
+
+    @classmethod
+    def of(cls, windows: np.ndarray) -> LeadMasking:
+        n, leads = windows.shape[:2]
+        variants = mask_leads(windows)
+        flat = windows.min(axis=-1) == windows.max(axis=-1)  # (N, L): variant == window
+        changed = ~flat
+        rows = np.empty((n, leads), dtype=np.intp)
+        rows[flat] = np.nonzero(flat)[0]  # the window's own row
+        rows[changed] = n + np.arange(int(changed.sum()))
+        return cls(np.concatenate([windows, variants[changed]]), n, rows)
+
+    def split(self, probs: np.ndarray, attention: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The model's (N + M, C) probabilities and (N + M, C, segments) attention -> the original
+        windows' probabilities (N, C) and attention (N, C, segments), exactly the rows scored
+        for them, and the masked probabilities (N, L, C)."""
+        n = self.originals
+        return probs[:n], attention[:n], probs[self.rows]
+
+
+def _aggregate(probs: np.ndarray, aggregation: Aggregation) -> np.ndarray:
+    """(N windows, C) -> (C,): how window probabilities combine for the reported probability."""
+    out: np.ndarray = probs.mean(axis=0) if aggregation == "mean" else probs.max(axis=0)
+    return out
+
+
+def _masked_aggregates(masked: np.ndarray, aggregation: Aggregation) -> np.ndarray:
+    """(N, L, C) masked probabilities -> (L, C), each lead aggregated over the windows exactly as
+    the reported probabilities are (the same operation on a (N, C) array of the same layout, so
+    equal inputs give equal results bit for bit; one window: max = mean = that window)."""
+    return np.stack([_aggregate(np.ascontiguousarray(masked[:, lead]), aggregation)
+                     for lead in range(masked.shape[1])])
+
+
 def rank_diagnoses(
     model_input: ModelInput, probs: np.ndarray, attention: np.ndarray, panel: Panel, options: RankOptions,
-    contract: ModelContract = PRETRAINING,
+    contract: ModelContract = PRETRAINING, masked: np.ndarray | None = None,
 ) -> tuple[RankedDiagnosis, ...]:
     """(N windows, C) probabilities and (N, C, segments) attention -> ranked diagnoses for one ECG.
 
-    ``contract`` is the served model's: it says how many seconds one attention column covers."""
-    agg = probs.mean(axis=0) if options.aggregation == "mean" else probs.max(axis=0)
+    ``contract`` is the served model's: it says how many seconds one attention column covers and
+    names the leads. ``masked`` (N, L, C), the probabilities with each lead masked
+    (``LeadMasking.split``), fills each diagnosis' ``lead_effects`` in the contract's lead order:
+    delta = the masked probability, aggregated and rounded as the reported one is, minus the
+    reported probability (rounded again to 6 decimals, so probability + delta is the masked
+    probability as it would have been reported)."""
+    agg = _aggregate(probs, options.aggregation)
+    masked_agg = None if masked is None else _masked_aggregates(masked, options.aggregation)
     best_window = np.argmax(probs, axis=0)  # evidence comes from the window that scored highest
     order = np.argsort(-agg, kind="stable")
     limit = model_input.duration_s if model_input.padded else None
@@ -112,6 +187,9 @@ def rank_diagnoses(
             evidence=evidence_spans(attention[w, c], model_input.window_starts_s[w], options.evidence_spans,
                                     contract.segment_s, limit),
             window_probabilities=tuple(round(float(v), 6) for v in probs[:, c]) if options.include_windows else None,
+            lead_effects=None if masked_agg is None else tuple(
+                LeadEffect(lead, round(round(float(m), 6) - p, 6))
+                for lead, m in zip(contract.lead_order, masked_agg[:, c], strict=True)),
         ))
         if options.top_k and len(out) >= options.top_k:
             break

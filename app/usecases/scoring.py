@@ -15,6 +15,7 @@ scorer, what the model repository (app.serving.repository) switches between.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass
@@ -135,6 +136,25 @@ class Scorer:
             metrics.set_queue_depth(self._batcher.queue_depth)
         total = time.perf_counter() - submitted
         return Scored(probs, attention, queue_s=max(total - run_s, 0.0), inference_s=run_s)
+
+    async def score_in_parts(self, panel_key: str, windows: np.ndarray, vectors: np.ndarray, *, part: int,
+                             deadline: float | None = None) -> Scored:
+        """``score`` for a job of many windows (lead evidence: 13 per window), as model jobs of at
+        most ``part`` windows submitted together: the batcher combines them up to its batch size,
+        so no model call holds more than max(part, max_batch_size) windows' activations (one job
+        of a 600 s record's 780 windows would need about 2 GB in one call). Rows keep their order."""
+        if len(windows) <= part:
+            return await self.score(panel_key, windows, vectors, deadline=deadline)
+        tasks = [asyncio.ensure_future(self.score(panel_key, windows[i:i + part], vectors, deadline=deadline))
+                 for i in range(0, len(windows), part)]
+        try:
+            parts = await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                if not t.done():
+                    t.cancel()
+        return Scored(np.concatenate([s.probabilities for s in parts]), np.concatenate([s.attention for s in parts]),
+                      queue_s=max(s.queue_s for s in parts), inference_s=max(s.inference_s for s in parts))
 
     async def encode(self, windows: np.ndarray, *, deadline: float | None = None) -> Encoded:
         """The ECG encoder's token features of ``windows`` (N, segments, D), batched with the

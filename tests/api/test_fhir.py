@@ -8,15 +8,34 @@ rejected by the R4B models, so validating with R4B catches non-R4 output.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 from pydantic import ValidationError
 
-from app.api.fhir import SNOMED, UCUM, to_fhir_bundle
+from app.api.fhir import (
+    ISSUE_TYPES_BY_CODE,
+    NO_PATIENT_NOTE,
+    SNOMED,
+    UCUM,
+    Accession,
+    ContextError,
+    FhirContext,
+    FhirOptions,
+    accepts_fhir,
+    fhir_context,
+    interpretation_threshold,
+    issue_type,
+    operation_outcome,
+    to_fhir_bundle,
+)
 from app.api.schemas import DiagnoseResponse
 from app.usecases.results import (
     DiagnoseResult,
@@ -144,7 +163,10 @@ def test_observations_carry_code_probability_knowledge_and_versions():
     assert any("1.20-1.50 s" in n and "0.210" in n for n in notes)
     comps = {c["code"]["text"]: c["valueString"] for c in af["component"]}
     assert comps["model version"] == "1.2.0+abc123" and comps["label set version"] == "3f2a9c1d"
-    assert "derivedFrom" not in af and "subject" not in af
+    assert "subject" not in af and "encounter" not in af  # no context: no patient
+    [source] = af["derivedFrom"]
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    assert by_url[source["reference"]]["resourceType"] == "DocumentReference"
     device = _by_type(bundle, "Device")[0]
     assert af["device"]["reference"] == "urn:uuid:" + device["id"]
     assert device["version"] == [{"value": "1.2.0+abc123"}]
@@ -169,7 +191,7 @@ def test_no_file_names_or_timings_leak():
 def test_pure_and_deterministic():
     a, b = to_fhir_bundle(_result()), to_fhir_bundle(_result())
     assert a == b
-    report = a["entry"][1]["resource"]
+    report = a["entry"][2]["resource"]
     assert report["resourceType"] == "DiagnosticReport"
     report["code"]["coding"].clear()  # editing one bundle changes no other (nothing shared, constants included)
     assert to_fhir_bundle(_result()) == b
@@ -244,3 +266,217 @@ def test_json_and_fhir_render_the_same_typed_result():
     observations = {o["code"]["text"]: o["valueQuantity"]["value"] for o in _by_type(bundle, "Observation")}
     in_json = {d["label"]: d["probability"] for r in body["results"] for d in r["diagnoses"]}
     assert observations == in_json
+
+
+# --- context, times, interpretation, the PDF (issue 12: FHIR an EHR can file) ----------------------
+
+ISSUED = datetime(2026, 3, 4, 5, 6, 7, 891000, tzinfo=UTC)
+PDF = b"%PDF-1.4 test bytes, not a real report\n"
+CONTEXT = FhirContext(patient="Patient/123", encounter="Encounter/enc-9", order="ServiceRequest/ord.7",
+                      accession=Accession("urn:oid:1.2.840.99999.1", "ACC-0042"))
+# IssueType (http://hl7.org/fhir/issue-type, R4)
+ISSUE_TYPES = {"invalid", "structure", "required", "value", "invariant", "security", "login", "unknown", "expired",
+               "forbidden", "suppressed", "processing", "not-supported", "duplicate", "multiple-matches",
+               "not-found", "deleted", "too-long", "code-invalid", "extension", "too-costly", "business-rule",
+               "conflict", "transient", "lock-error", "no-store", "exception", "timeout", "incomplete", "throttled",
+               "informational"}
+
+
+def check_reference_types(bundle: dict) -> None:
+    """Every top-level Reference of every entry points at a resource type its element allows
+    (fhir.resources records the allowed types; model_validate does not check them)."""
+    types = {e["fullUrl"]: e["resource"]["resourceType"] for e in bundle.get("entry", [])}
+    for entry in bundle.get("entry", []):
+        resource = entry["resource"]
+        model = get_fhir_model_class(resource["resourceType"])
+        for name, value in resource.items():
+            field = model.model_fields.get(name)
+            allowed = (field.json_schema_extra or {}).get("enum_reference_types") if field else None
+            if not allowed:
+                continue
+            for ref in value if isinstance(value, list) else [value]:
+                if not isinstance(ref, dict) or "reference" not in ref:
+                    continue
+                target = types.get(ref["reference"]) or ref["reference"].split("/")[0]
+                assert target in allowed or "Resource" in allowed, (resource["resourceType"], name, target, allowed)
+
+
+def _with_times(file_time: datetime | None) -> DiagnoseResult:
+    base = _result()
+    first = replace(base.results[0], source=replace(base.results[0].source, acquired_at=file_time))
+    return replace(base, results=(first, *base.results[1:]))
+
+
+def test_context_fills_every_field_an_ehr_files() -> None:
+    result = _with_times(datetime(2020, 5, 12, 12, 33, 59, tzinfo=timezone(timedelta(hours=2))))
+    calls: list[int] = []
+
+    def pdf(index: int) -> bytes:
+        calls.append(index)
+        return PDF
+
+    options = FhirOptions(positive_threshold=0.5, performer="Organization/cardiology")
+    bundle = to_fhir_bundle(result, CONTEXT, options=options, issued=ISSUED, presented_form=pdf)
+    _validate(bundle)
+    check_reference_types(bundle)
+    assert calls == [0, 1, 2]  # one PDF per ECG, by its index
+    assert bundle["timestamp"] == "2026-03-04T05:06:07.891Z"
+    by_url = {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+    device_url = next(u for u, r in by_url.items() if r["resourceType"] == "Device")
+    report = _by_type(bundle, "DiagnosticReport")[0]
+    assert report["subject"] == {"reference": "Patient/123"}
+    assert report["encounter"] == {"reference": "Encounter/enc-9"}
+    assert report["basedOn"] == [{"reference": "ServiceRequest/ord.7"}]
+    assert report["identifier"] == [{
+        "use": "usual", "system": "urn:oid:1.2.840.99999.1", "value": "ACC-0042",
+        "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "ACSN",
+                             "display": "Accession ID"}], "text": "Accession ID"}}]
+    assert report["effectiveDateTime"] == "2020-05-12T12:33:59+02:00"  # the file's own zone
+    assert report["issued"] == "2026-03-04T05:06:07.891Z"
+    assert report["performer"] == [{"reference": "Organization/cardiology"}]  # never the Device: R4 forbids it
+    assert device_url not in json.dumps(report["performer"])
+    # conclusionCode: the findings at or above 0.5 (0.87 af; not 0.31 early repolarisation), with SNOMED CT
+    assert report["conclusionCode"] == [{"text": "atrial fibrillation", "coding": [
+        {"system": SNOMED, "code": "164889003", "display": "atrial fibrillation"}]}]
+    assert "atrial fibrillation (0.87)" in report["conclusion"] and "uncalibrated" in report["conclusion"]
+    assert NO_PATIENT_NOTE not in report["conclusion"]
+    [form] = report["presentedForm"]
+    assert form["contentType"] == "application/pdf" and base64.b64decode(form["data"]) == PDF
+    assert form["size"] == len(PDF) and form["hash"] == base64.b64encode(hashlib.sha1(PDF).digest()).decode()
+    assert form["creation"] == report["issued"]
+
+    observations = [by_url[r["reference"]] for r in report["result"]]
+    for obs in observations:
+        assert obs["subject"] == {"reference": "Patient/123"} and obs["encounter"] == {"reference": "Encounter/enc-9"}
+        assert obs["basedOn"] == [{"reference": "ServiceRequest/ord.7"}]
+        assert obs["effectiveDateTime"] == "2020-05-12T12:33:59+02:00" and obs["issued"] == report["issued"]
+        assert obs["performer"] == [{"reference": "Organization/cardiology"}]
+        assert obs["device"]["reference"] == device_url
+        [source] = obs["derivedFrom"]
+        document = by_url[source["reference"]]
+        assert document["resourceType"] == "DocumentReference" and document["status"] == "current"
+        assert document["subject"] == {"reference": "Patient/123"}
+        assert document["context"]["encounter"] == [{"reference": "Encounter/enc-9"}]
+        assert document["content"][0]["attachment"]["contentType"] == "application/octet-stream"  # WFDB
+    interpretations = {o["code"]["text"]: o["interpretation"][0]["coding"][0]["code"] for o in observations}
+    assert interpretations == {"atrial fibrillation": "POS", "early repolarisation pattern": "NEG"}
+    for obs in observations:
+        coding = obs["interpretation"][0]["coding"][0]
+        assert coding["system"] == "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+        assert "uncalibrated" in obs["interpretation"][0]["text"]
+    assert "Doe_John" not in json.dumps(bundle)  # the file name never travels, not even in the DocumentReference
+
+
+def test_without_context_the_bundle_says_the_caller_links_the_patient() -> None:
+    bundle = to_fhir_bundle(_result(), issued=ISSUED)
+    _validate(bundle)
+    check_reference_types(bundle)
+    text = json.dumps(bundle)
+    assert '"subject"' not in text and '"encounter"' not in text and "presentedForm" not in text
+    for report in _by_type(bundle, "DiagnosticReport"):
+        assert NO_PATIENT_NOTE in report["conclusion"] and report["issued"] == "2026-03-04T05:06:07.891Z"
+        assert "effectiveDateTime" not in report  # the files gave no time
+        assert "identifier" not in report and "basedOn" not in report and "performer" not in report
+    for obs in _by_type(bundle, "Observation"):
+        assert obs["interpretation"][0]["coding"][0]["code"] in ("POS", "NEG") and obs["derivedFrom"]
+
+
+@pytest.mark.parametrize(("file_time", "zone", "expected"), [
+    (datetime(2020, 5, 12, 12, 33, 59), None, "2020-05-12"),  # naive, no recorder zone: the date only  # noqa: DTZ001 -- a file's time without a zone
+    (datetime(2020, 5, 12, 12, 33, 59), ZoneInfo("Europe/Berlin"), "2020-05-12T12:33:59+02:00"),  # summer time  # noqa: DTZ001 -- a file's time without a zone
+    (datetime(2020, 1, 12, 12, 33, 59), ZoneInfo("Europe/Berlin"), "2020-01-12T12:33:59+01:00"),  # noqa: DTZ001 -- a file's time without a zone
+    (datetime(2020, 5, 12, 12, 33, 59, 250000, tzinfo=UTC), ZoneInfo("Europe/Berlin"),
+     "2020-05-12T12:33:59.250000+00:00"),  # the file's zone wins
+    (datetime(1920, 1, 12, 12, 0, tzinfo=ZoneInfo("Europe/Amsterdam")), None,
+     "1920-01-12T11:40:28+00:00"),  # a local mean time offset (+00:19:32) FHIR cannot write: UTC
+])
+def test_effective_time_rules(file_time: datetime, zone: ZoneInfo | None, expected: str) -> None:
+    bundle = to_fhir_bundle(_with_times(file_time), options=FhirOptions(recorder_timezone=zone))
+    _validate(bundle)
+    report = _by_type(bundle, "DiagnosticReport")[0]
+    assert report["effectiveDateTime"] == expected
+    assert {o["effectiveDateTime"] for o in _by_type(bundle, "Observation")[:2]} == {expected}
+
+
+def test_the_callers_time_overrides_the_files() -> None:
+    file_time = datetime(2020, 5, 12, 12, 33, 59)  # noqa: DTZ001 -- a file's time without a zone
+    for given, expected in ((datetime(2021, 1, 2, 3, 4, 5, tzinfo=UTC), "2021-01-02T03:04:05+00:00"),
+                            (date(2021, 1, 2), "2021-01-02")):
+        bundle = to_fhir_bundle(_with_times(file_time), FhirContext(acquired_at=given))
+        _validate(bundle)
+        assert {r["effectiveDateTime"] for r in _by_type(bundle, "DiagnosticReport")} == {expected}
+
+
+def test_interpretation_threshold_choice() -> None:
+    assert interpretation_threshold(0.0, 0.5) == (0.5, "the service's default")
+    assert interpretation_threshold(0.9, 0.5) == (0.9, "the request's threshold")
+    bundle = to_fhir_bundle(_result(), options=FhirOptions(positive_threshold=0.9,
+                                                           threshold_source="the request's threshold"))
+    codes = {o["code"]["text"]: o["interpretation"][0]["coding"][0]["code"] for o in _by_type(bundle, "Observation")}
+    assert codes == {"atrial fibrillation": "NEG", "early repolarisation pattern": "NEG", "sinus rhythm": "POS"}
+    first = _by_type(bundle, "DiagnosticReport")[0]
+    assert "conclusionCode" not in first and "No diagnosis reached" in first["conclusion"]
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"patient": "Encounter/1"}, "patient"),
+    ({"patient": "Patient/"}, "patient"),
+    ({"patient": "Patient/a b"}, "patient"),
+    ({"patient": "Patient/" + "x" * 65}, "patient"),
+    ({"patient": "https://ehr.example/fhir/Patient/1"}, "patient"),
+    ({"encounter": "Patient/1"}, "encounter"),
+    ({"order": "Order/1"}, "order"),
+    ({"accession": "A1"}, "accession_system"),
+    ({"accession_system": "urn:oid:1.2"}, "accession"),
+    ({"accession_system": "not a uri", "accession": "A1"}, "accession_system"),
+    ({"accession_system": "urn:oid:1.2", "accession": "A\x071"}, "accession"),
+    ({"accession_system": "urn:oid:1.2", "accession": "A" * 65}, "accession"),
+    ({"acquired_at": "2020-05-12T12:33:59"}, "acquired_at"),  # no zone
+    ({"acquired_at": "yesterday"}, "acquired_at"),
+    ({"acquired_at": "1800-01-01"}, "acquired_at"),
+    ({"acquired_at": "2020-02-30"}, "acquired_at"),
+])
+def test_bad_context_values_are_refused(fields: dict[str, str], field: str) -> None:
+    with pytest.raises(ContextError) as caught:
+        fhir_context(fields)
+    assert caught.value.field == field
+    for value in fields.values():
+        if len(value) > 8:
+            assert value not in caught.value.message  # the value is never repeated (it may identify a patient)
+
+
+def test_good_context_values() -> None:
+    ctx = fhir_context({"patient": " Patient/123 ", "encounter": "Encounter/e.1", "order": "ServiceRequest/x-1",
+                        "accession_system": "urn:oid:1.2.3", "accession": "ACC 1",
+                        "acquired_at": "2020-05-12T10:33:59Z", "unused": None})
+    assert ctx == FhirContext(patient="Patient/123", encounter="Encounter/e.1", order="ServiceRequest/x-1",
+                              accession=Accession("urn:oid:1.2.3", "ACC 1"),
+                              acquired_at=datetime(2020, 5, 12, 10, 33, 59, tzinfo=UTC))
+    assert fhir_context({"acquired_at": "2020-05-12"}).acquired_at == date(2020, 5, 12)
+    assert fhir_context({"patient": "  "}).empty
+
+
+def test_operation_outcome_shape() -> None:
+    outcome = operation_outcome(422, "invalid_request", "the request is not valid: query.top_k: too small",
+                                request_id="req-1", problems=["query.top_k: too small"])
+    get_fhir_model_class("OperationOutcome").model_validate(outcome)
+    issue = outcome["issue"][0]
+    assert issue["severity"] == "error" and issue["code"] == "invalid"
+    assert issue["details"]["coding"] == [{"system": "urn:ecgfm-ked:error-code", "code": "invalid_request"}]
+    assert issue["diagnostics"].startswith("the request is not valid")
+    assert outcome["id"] == "req-1" and outcome["extension"][0]["valueString"] == "req-1"
+    assert outcome["issue"][1]["diagnostics"] == "query.top_k: too small"
+    odd = operation_outcome(503, "some_new_code", "", request_id="a:b_c")
+    get_fhir_model_class("OperationOutcome").model_validate(odd)
+    assert "id" not in odd and odd["issue"][0]["code"] == "transient"  # ':' is no FHIR id character
+    for code, status in [("unauthenticated", 401), ("forbidden", 403), ("not_found", 404), ("upload_too_large", 413),
+                         ("overloaded", 503), ("conflict", 409), ("internal_error", 500), ("http_error", 418)]:
+        assert issue_type(code, status) in ISSUE_TYPES
+    assert {issue_type(c, 400) for c in ISSUE_TYPES_BY_CODE} <= ISSUE_TYPES
+
+
+def test_accept_header_parsing() -> None:
+    assert accepts_fhir("application/fhir+json")
+    assert accepts_fhir("application/json;q=0.5, application/fhir+json; fhirVersion=4.0")
+    assert not accepts_fhir("application/fhir+json;q=0") and not accepts_fhir(None)
+    assert not accepts_fhir("application/json") and not accepts_fhir("*/*")

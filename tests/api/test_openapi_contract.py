@@ -30,6 +30,7 @@ from .conftest import make_settings
 from .helpers import ANY_REVISION, ecg_json, read_record, record_files, upload, upload_bytes
 
 DOCUMENT_URI = "urn:ecgfm-ked:openapi"
+OUTCOME_REF = "#/components/schemas/FhirOperationOutcome"
 FHIR_JSON = "application/fhir+json"
 MY_OPERATION_IDS = {
     ("GET", "/healthz"): "healthz", ("GET", "/readyz"): "readyz", ("GET", "/model"): "getModel",
@@ -386,6 +387,21 @@ def _diagnose(client: TestClient, unready: TestClient, contract: Contract) -> No
     assert body["results"][0]["source"]["padded"] is True
     fhir = contract.check(client.post(p, files=files, headers={"accept": FHIR_JSON}), m, p, 200)
     assert fhir["resourceType"] == "Bundle"
+    for report in ("text/html", "application/pdf", "image/svg+xml", "image/png"):  # the report (app/report)
+        contract.check(client.post(p, files=files, headers={"accept": report}), m, p, 200)
+    two = upload(*record_files("E07500"), *record_files("A0001"))
+    _check_error(contract, client.post(p, files=two, headers={"accept": "image/png"}), m, p, 400, "invalid_input")
+    context = {"patient": "Patient/contract-1", "accession_system": "urn:oid:1.2.3", "accession": "A-1",
+               "acquired_at": "2020-05-12T12:33:59+02:00"}
+    filed = contract.check(client.post(p, files=files, params=context, headers={"accept": FHIR_JSON}), m, p, 200)
+    assert any(e["resource"].get("subject") == {"reference": "Patient/contract-1"} for e in filed["entry"])
+    # errors asked for as FHIR: OperationOutcome, declared beside ErrorBody
+    outcome = contract.check(client.post(p, files=upload_bytes("notes.txt", b"\x00 not an ecg " * 40),
+                                         headers={"accept": FHIR_JSON}), m, p, 415)
+    assert outcome["resourceType"] == "OperationOutcome" and outcome["issue"][0]["code"] == "not-supported"
+    contract.check(client.post(p, files=files, params={"patient": "Encounter/1"}, headers={"accept": FHIR_JSON}),
+                   m, p, 422)
+    contract.check(client.post(p, files=files, headers={"accept": FHIR_JSON, "Authorization": ""}), m, p, 401)
     _check_error(contract, client.post(p, json={"ecgs": [short]}), m, p, 422, "signal_too_short")
     _check_error(contract, client.post(p, files=upload_bytes("notes.txt", b"\x00 not an ecg " * 40)), m, p, 415,
                  "unsupported_format")
@@ -430,8 +446,8 @@ def test_fastapis_validation_schema_is_not_advertised(contract: Contract) -> Non
     for method, path, op in contract.operations():
         for status, response in op["responses"].items():
             if status.startswith(("4", "5")) and not (path == "/readyz" and status == "503"):
-                assert response["content"] == {"application/json": response["content"]["application/json"]}, (
-                    method, path, status)
+                assert response["content"] == {"application/json": response["content"]["application/json"],
+                                               FHIR_JSON: {"schema": {"$ref": OUTCOME_REF}}}, (method, path, status)
                 assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}
 
 
@@ -469,7 +485,7 @@ def test_error_code_enum_lists_every_code_the_service_answers_with(contract: Con
 def test_label_schemas_and_errors_carry_examples(contract: Contract) -> None:
     schemas = contract.document["components"]["schemas"]
     for name in ("LabelIn", "LabelOut", "LabelSetIn", "LabelSetOut", "ErrorBody", "ReadinessOut", "FormatsOut",
-                 "ModelDescriptionOut"):
+                 "ModelDescriptionOut", "FhirOperationOutcome"):
         examples = schemas[name].get("examples")
         assert examples, f"{name} has no example"
         for example in examples:  # an example that does not validate would mislead a reader

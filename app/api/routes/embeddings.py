@@ -10,8 +10,16 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from app.api.auth import DiagnoseActor, KeyFirstRoute
-from app.api.openapi import error_responses
-from app.api.routes.diagnose import CLIENT_GONE, OPENAPI_EXTRA, read_sources, request_id_for, unless_disconnected
+from app.api.openapi import component, error_responses
+from app.api.routes.diagnose import (
+    CLIENT_GONE,
+    MULTIPART,
+    OPENAPI_EXTRA,
+    UPLOAD_SCHEMA,
+    read_sources,
+    request_id_for,
+    unless_disconnected,
+)
 from app.api.schemas import EmbeddingsResponse
 from app.api.state import StateDep
 from app.ecg.readers.base import ReadHints
@@ -23,7 +31,13 @@ from app.usecases.embed import embed
 router = APIRouter(route_class=KeyFirstRoute, tags=["diagnose"])
 MAX_TOKEN_WINDOWS = 64  # with include_tokens: 64 windows x 32 x 768 floats is about 30 MB of JSON
 
-EMBED_OPENAPI: dict[str, Any] = {"requestBody": OPENAPI_EXTRA["requestBody"]}
+# /diagnose's request body, less the FHIR context fields (which only a diagnosis can use)
+_BODY: dict[str, Any] = OPENAPI_EXTRA["requestBody"]
+EMBED_OPENAPI: dict[str, Any] = {"requestBody": {**_BODY, "content": {
+    **_BODY["content"],
+    MULTIPART: {**_BODY["content"][MULTIPART],
+                "schema": component("EmbeddingsUpload", {**UPLOAD_SCHEMA, "title": "EmbeddingsUpload"})},
+}}}
 
 
 @router.post(
