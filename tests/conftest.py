@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-pytest_plugins = ["tests.fixtures.models", "tests.fixtures.pg_cluster"]
+pytest_plugins = ["tests.fixtures.models", "tests.fixtures.pg_cluster", "tests.fixtures.browser"]
 
 from pathlib import Path
 

@@ -23,6 +23,7 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, matthews_corrcoef, roc_auc_score
 
 from app.evaluation.summary import SUMMARY_FILE, read_summary
+from tests.fixtures.browser import launched_chromium
 from tests.integration._server import REPO, clean_env
 
 pytestmark = pytest.mark.timeout(300)
@@ -155,31 +156,23 @@ def test_html_is_self_contained_and_opens_in_chromium(run: Run) -> None:
     page_text = (run.out / "report.html").read_text()
     assert "http://" not in page_text and "https://" not in page_text
     assert "<strong>UNTRAINED BUNDLE" in page_text and run.report["label_set"]["version"] in page_text
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
-    executable = shutil.which("chromium") or shutil.which("chromium-browser")
-    if executable is None:
-        pytest.skip("Debian's chromium is not installed")
     outside: list[str] = []
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page()
+    with launched_chromium() as browser:
+        page = browser.new_page()
 
-            def route(r: Any) -> None:
-                if r.request.url.startswith(("file:", "data:")):
-                    r.continue_()
-                else:
-                    outside.append(r.request.url)
-                    r.abort()
+        def route(r: Any) -> None:
+            if r.request.url.startswith(("file:", "data:")):
+                r.continue_()
+            else:
+                outside.append(r.request.url)
+                r.abort()
 
-            page.route("**/*", route)
-            page.goto((run.out / "report.html").as_uri(), wait_until="load")
-            assert "cinc2021" in page.title()
-            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
-            assert len(widths) == 2 and all(w > 100 for w in widths)
-            assert page.locator("table").count() >= 4
-        finally:
-            browser.close()
+        page.route("**/*", route)
+        page.goto((run.out / "report.html").as_uri(), wait_until="load")
+        assert "cinc2021" in page.title()
+        widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+        assert len(widths) == 2 and all(w > 100 for w in widths)
+        assert page.locator("table").count() >= 4
     assert outside == []
 
 

@@ -14,7 +14,6 @@ inside the browser, which is allowed; any other failure is not.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,21 +21,15 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from tests.fixtures.browser import LOCAL_SCHEMES
+
 from ._server import ServerFactory
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
 PAGE_TIMEOUT_MS = 60_000
-LOCAL_SCHEMES = ("data", "blob", "about")
 BLOCKED_BY_POLICY = ("net::ERR_BLOCKED_BY_CSP", "csp")  # Chromium reports either, by version
 
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it as root)")
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +37,6 @@ def server(servers: ServerFactory) -> Any:
     return servers.start("docs")
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium()
-    with playwright_api.sync_playwright() as p:
-        # --no-sandbox: the tests run as root in a container, where Chromium's sandbox cannot start.
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class OfflinePage:

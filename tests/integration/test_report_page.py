@@ -12,10 +12,8 @@ to look at, and checked to be a PNG that is not blank.
 from __future__ import annotations
 
 import io
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,20 +21,14 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
+from tests.fixtures.browser import LOCAL_SCHEMES
+
 from ._server import ECG_DIR, REPO, ServerFactory, clean_env
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is in the dev extra")
 
 TIMEOUT_MS = 120_000  # scoring with lead evidence on a loaded 2-core machine, then drawing
-LOCAL_SCHEMES = ("data", "blob", "about")
 
-
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser"):
-        found = shutil.which(name)
-        if found:
-            return found
-    pytest.skip("Debian's chromium is not installed (scripts/setup.sh installs it as root)")
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +43,6 @@ def keyed_server(servers: ServerFactory, tmp_path_factory: pytest.TempPathFactor
     return servers.start("page", data_dir=data_dir, env={"ECGFM_AUTH": "required"}), key
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = _chromium()
-    with playwright_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def test_a_person_uploads_a_record_and_switches_the_highlighted_diagnosis(browser: Any, keyed_server: tuple[Any, str],

@@ -403,18 +403,18 @@ async def diagnose(
         result = await unless_disconnected(request, service.diagnose(
             sources, options, timings, model=served, request_id=request_id_for(request), arrived=arrived,
             deadline=deadline))
-        # a report is rendered while the request is still admitted: that work is bounded as scoring is
-        rendered = (await report_response(result, report, ecg=ecg, highlight=highlight)
-                    if result is not None and report is not None else None)
+        # a report (and FHIR's PDF) is rendered while the request is still admitted: that work is
+        # bounded as scoring is
+        rendered: Response | None = None
+        if result is not None and report is not None:
+            rendered = await report_response(result, report, ecg=ecg, highlight=highlight)
+        elif result is not None and fhir:
+            rendered = await fhir_response(result, context, settings, threshold)
     if result is None:  # the client went away: its work was withdrawn, not scored; nobody reads this
         metrics.record_shed("abandoned")
         return Response(status_code=CLIENT_GONE)
     metrics.observe_stage("total", time.perf_counter() - timings.started)
-    if rendered is not None:
-        return rendered
-    if fhir:
-        return await fhir_response(result, context, settings, threshold)
-    return DiagnoseResponse.from_result(result)
+    return rendered if rendered is not None else DiagnoseResponse.from_result(result)
 
 
 async def fhir_response(result: DiagnoseResult, context: FhirContext, settings: Settings,
