@@ -84,7 +84,8 @@ MiB = 1 << 20
 # grow its address space) at its first file of that format.
 WARM_MODULES: tuple[str, ...] = (
     "numpy", "app.ecg.readers", "app.ecg.parse_pool", "scipy.io", "h5py", "pydicom",
-    "pydicom.waveforms.numpy_handler", "pyedflib", "defusedxml.ElementTree", "sierraecg.xli", "wfdb",
+    "pydicom.waveforms.numpy_handler", "pyedflib", "defusedxml.ElementTree", "ecgdatakit.parsing.codecs.xli",
+    "ecgdatakit.parsing.parsers.scp_ecg", "wfdb",
 )
 # One thread for every numerical library a reader might load (they read these at load time).
 SINGLE_THREAD_ENV: dict[str, str] = dict.fromkeys(

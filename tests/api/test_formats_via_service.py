@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.ops.settings import Settings
+from tests.formats import writers_ishne as ISHNE
 from tests.formats import writers_scp as SCP
 from tests.formats import writers_tabular as T
 from tests.formats import writers_xml_dicom as W
@@ -32,6 +33,7 @@ BOUND = {
     "ge_muse": 4.88 * PER_UV,  # 4.88 uV per bit
     "philips_sierra": 5.0 * PER_UV,  # 5 uV resolution, XLI compressed
     "scp_ecg": 5.0 * PER_UV,  # AVM 5000 nV (5 uV per digit), uncompressed Section 6
+    "ishne": 2.5 * PER_UV,  # amplitude resolution 2500 nV (2.5 uV per digit)
     "edf": 1.0 * PER_UV,  # 16 bits over the physical range (< 1 uV per step)
     "sph_hdf5": 1.0 * PER_UV,  # float16: 2^-11 relative
     "csv": 1e-4,  # 4 decimals in mV: 0.05 uV
@@ -91,6 +93,11 @@ def _write_scp(tmp: Path) -> tuple[Path, dict]:
     return SCP.write_scp(tmp / "ecg.scp", rec.signals, rec.fs, rec.names, step_uv=5.0).path, {}
 
 
+def _write_ishne(tmp: Path) -> tuple[Path, dict]:
+    rec = _rec()
+    return ISHNE.write_ishne(tmp / "ecg.ecg", rec.signals, rec.fs, rec.names, res_nv=2500).path, {}
+
+
 def _write_edf(tmp: Path) -> tuple[Path, dict]:
     sig, fs, names = T.load_wfdb(RECORD)
     path = tmp / "ecg.edf"
@@ -132,6 +139,7 @@ WRITERS = {
     "ge_muse": _write_muse,
     "philips_sierra": _write_sierra,
     "scp_ecg": _write_scp,
+    "ishne": _write_ishne,
     "edf": _write_edf,
     "csv": _write_csv,
     "npy": _write_npy,

@@ -1,6 +1,6 @@
 """Our readers against ecgdatakit 2.0 (Apache-2.0), a maintained multi-format ECG parser, on the
 same files: those the project's independent writers make from a real record (DICOM, HL7 aECG,
-GE MUSE, Philips Sierra plain and XLI, EDF, SCP-ECG uncompressed and default-Huffman) and every WFDB record of
+GE MUSE, Philips Sierra plain and XLI, EDF, SCP-ECG uncompressed and default-Huffman, ISHNE) and every WFDB record of
 ../shared/ecg-samples.
 
 What must agree, for every format both read:
@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tests.formats import writers_ishne as I
 from tests.formats import writers_scp as S
 from tests.formats import writers_tabular as T
 from tests.formats import writers_xml_dicom as W
@@ -114,6 +115,8 @@ def _written(kind: str, tmp: Path) -> Path:
     if kind == "edf":
         T.write_edf(tmp / "a.edf", rec.signals, rec.fs, list(rec.names))
         return tmp / "a.edf"
+    if kind == "ishne":
+        return I.write_ishne(tmp / "a.ecg", rec.signals, rec.fs, rec.names).path
     if kind.startswith("scp_ecg"):
         diff = int(kind[-1])
         return S.write_scp(tmp / "a.scp", rec.signals, rec.fs, rec.names, diff=diff,
@@ -122,7 +125,7 @@ def _written(kind: str, tmp: Path) -> Path:
 
 
 WRITTEN = ("dicom", "hl7_aecg", "ge_muse", "philips_sierra", "philips_sierra_xli",
-           "scp_ecg_diff0", "scp_ecg_diff1", "scp_ecg_diff2", "scp_ecg_huffman_diff2")
+           "scp_ecg_diff0", "scp_ecg_diff1", "scp_ecg_diff2", "scp_ecg_huffman_diff2", "ishne")
 
 
 @pytest.mark.parametrize("kind", WRITTEN)

@@ -1,8 +1,11 @@
 """Philips Sierra ECG XML (root ``restingecgdata``, namespace http://www3.medical.philips.com).
 
 XLI decompression (LZW with 10-bit codes, per-lead chunks, second-difference delta coding)
-uses ``sierraecg.xli.xli_decode`` from the maintained ``sierraecg`` package (PyPI, MIT,
-sierra-ecg-tools). Its high-level ``read_file`` is not used: it applies the XLI lead
+uses ``ecgdatakit.parsing.codecs.xli.xli_decode`` (ecgdatakit 2.0.3, Apache-2.0, a runtime
+dependency), after the chunk headers are walked and counted here; until issue 15 it used
+``sierraecg.xli.xli_decode`` (PyPI, MIT, sierra-ecg-tools), which returns the same integers
+(tests/formats/test_xli_codecs.py) 4.5x slower (98 ms vs 22 ms for a 12-lead 10 s record).
+Neither library's high-level reader is used: sierraecg's ``read_file`` applies the XLI lead
 reconstruction to uncompressed data too (and fails on read-only buffers), so the XML is
 read here with defusedxml and the lead reconstruction is done here, vectorised, for XLI
 data only (as in the reference C# implementation)::
@@ -25,6 +28,15 @@ as 0.
 ``Recording.acquired_at``: the ``dataacquisition`` element's ``date`` (``YYYY-MM-DD``) and
 ``time`` (``HH:MM:SS``) attributes, naive (the file gives no zone). A malformed one gives None
 and the ``acquisition_time_unreadable`` warning.
+
+Kept (issue 15), not switched to ecgdatakit 2.0.3: it agrees with ecgdatakit within 1e-9 mV,
+with equal names, rate, gains and time, on the independent writer's plain and XLI files
+(tests/formats/test_ecgdatakit_differential.py); plain 4.41 ms here vs 2.29 ms; XLI was 125.5 ms
+vs 33.7 ms, nearly all in sierraecg's LZW decode, so only that step was switched to ecgdatakit's
+XLI codec (same integers, see above; the reader now takes about 26 ms for a 12-lead 10 s XLI
+record). Ours checks the sizes a file declares against the reader limits and the memory budget
+(app/ecg/readers/_limits.py) before it decodes, which the library does not do, and its
+numberofleads, duration and XLI chunk checks stay in front of the codec.
 """
 
 from __future__ import annotations
@@ -68,10 +80,10 @@ def _num(el: Element | None, name: str) -> float | None:
 
 def _xli_decode(data: bytes, n_leads: int) -> list[np.ndarray]:
     try:
-        from sierraecg.xli import xli_decode
+        from ecgdatakit.parsing.codecs.xli import xli_decode
     except ImportError:  # pragma: no cover - dependency declared in pyproject
         raise UnsupportedSignal(
-            f"{FORMAT_LABEL}: XLI-compressed data needs the 'sierraecg' package, not installed"
+            f"{FORMAT_LABEL}: XLI-compressed data needs the 'ecgdatakit' package, not installed"
         ) from None
 
     # walk the chunk headers first so a cut stream gets a clear message
@@ -89,7 +101,7 @@ def _xli_decode(data: bytes, n_leads: int) -> list[np.ndarray]:
         chunk += 1
         check_leads(chunk, f"{FORMAT_LABEL} XLI data")
     try:
-        leads = xli_decode(data, [""] * n_leads)
+        leads = xli_decode(data)
     except Exception as exc:  # corrupt chunk header, overflow in delta decoding, ...
         raise MalformedFile(f"{FORMAT_LABEL}: XLI-compressed waveform cannot be decoded: {exc}") from None
     return [np.asarray(x, dtype=np.int64) for x in leads]

@@ -33,6 +33,13 @@ the header states as 0 is refused (MalformedFile naming the signals), although w
 does no normalisation, needs millivolts that mean millivolts; a guess of 200 adu/mV would be
 scored as if it were a measurement. An infinite gain (``1e999``) is refused too (every sample
 would read as 0).
+
+Kept (issue 15), not switched to ecgdatakit 2.0.3: it agrees with ecgdatakit within 1e-9 mV,
+with equal names, rates and gains, on the 51 shared WFDB records ecgdatakit reads, and
+ecgdatakit refuses 70 of the 121 (a base date/time not in WFDB's form) that this reader reads
+(tests/formats/test_ecgdatakit_differential.py); 0.59 ms here vs 0.98 ms. Ours checks the sizes
+a file declares against the reader limits and the memory budget (app/ecg/readers/_limits.py)
+before it decodes, which the library does not do.
 """
 
 from __future__ import annotations
