@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
             # keep the records the service scores (a sample folder may hold some it refuses, e.g. short ones)
             payloads = [pl for pl in payloads if httpx.post(
                 f"{base}/diagnose", files=[("files", (n, d, "application/octet-stream")) for n, d in pl],
-                timeout=120).status_code == 200]
+                timeout=120, headers=AUTH_HEADERS).status_code == 200]
             if not payloads:
                 log("the service scored none of the sample records")
                 return 1
