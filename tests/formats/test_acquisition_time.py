@@ -192,3 +192,39 @@ def test_parsers() -> None:
             utc_offset(bad)
     assert wfdb_date_time("33:59", "12/05/2020") == datetime(2020, 5, 12, 0, 33, 59)  # read from the right, as wfdb
     assert wfdb_date_time(None, "12/05/2020") is None
+
+
+# --- EDF --------------------------------------------------------------------------------------
+
+
+def _edf_dated(tmp_path: Path, rec: W.Rec, fields: bytes) -> Path:
+    from tests.formats.writers_tabular import write_edf
+
+    path = tmp_path / "rec.edf"
+    write_edf(path, rec.signals, rec.fs, list(rec.names), plus=False)
+    raw = bytearray(path.read_bytes())
+    raw[168:184] = fields  # the fixed header's startdate (dd.mm.yy) and starttime (hh.mm.ss)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize(("fields", "expected"), [
+    (b"12.05.2014.33.59", datetime(2020, 5, 12, 14, 33, 59)),  # noqa: DTZ001 -- EDF has no zone
+    (b"01.01.8500.00.00", datetime(1985, 1, 1, 0, 0, 0)),  # noqa: DTZ001 -- the clipping year: 85 is 1985
+    (b"31.12.8423.59.59", datetime(2084, 12, 31, 23, 59, 59)),  # noqa: DTZ001 -- and 84 is 2084
+])
+def test_edf_start_date_and_time(tmp_path: Path, rec: W.Rec, fields: bytes, expected: datetime) -> None:
+    from app.ecg.readers.edf_reader import READER as EDF
+
+    recording = EDF.read(_edf_dated(tmp_path, rec, fields), ReadHints())
+    assert recording.acquired_at == expected and recording.acquired_at.tzinfo is None
+    assert WARNING_CODE not in _codes(recording)
+
+
+def test_edf_impossible_start_date_is_none_with_a_warning(tmp_path: Path, rec: W.Rec) -> None:
+    from app.ecg.readers.edf_reader import READER as EDF
+
+    path = _edf_dated(tmp_path, rec, b"31.02.2014.33.59")  # 31 February
+    recording = EDF.read(path, ReadHints())
+    assert recording.acquired_at is None and WARNING_CODE in _codes(recording)
+    assert "31.02" not in str([w.message for w in recording.warnings])  # the value is never repeated

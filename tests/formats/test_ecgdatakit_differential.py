@@ -25,8 +25,9 @@ Known disagreements, each checked to still be what it is, with the reason:
   TIME_ABSOLUTE time sequence (the absolute time of the first sample, which the HL7 aECG
   implementation guide defines); ours reads ``effectiveTime`` only and gives None. Both are
   defensible; the sequence head is the better fallback (a note for the acquisition-time work).
-- EDF: ecgdatakit reads the header's startdate/starttime (EDF spec, bytes 168-183,
-  dd.mm.yy hh.mm.ss); our EDF reader does not read an acquisition time at all (None).
+- EDF: both read the header's startdate/starttime (EDF spec, bytes 168-183, dd.mm.yy
+  hh.mm.ss, clipping year 1985) as the same naive time (this was a disagreement until our
+  reader learned it).
 """
 
 from __future__ import annotations
@@ -142,12 +143,14 @@ def test_aecg_without_effective_time_known_disagreement(tmp_path: Path) -> None:
     assert ours.acquired_at is None and lib.acquired_at is not None
 
 
-def test_edf_known_disagreement_start_time(tmp_path: Path) -> None:
-    """ecgdatakit reads the EDF startdate/starttime; our EDF reader reads no time."""
+def test_edf_start_time_agrees(tmp_path: Path) -> None:
+    """Both read the EDF startdate/starttime as the same naive time."""
     path = _written("edf", tmp_path)
     ours, lib = read_any(path), theirs(path)
     assert_agree(ours, lib, times=False)
-    assert ours.acquired_at is None and lib.acquired_at is not None
+    assert ours.acquired_at is not None and lib.acquired_at is not None
+    assert ours.acquired_at.tzinfo is None
+    assert ours.acquired_at == lib.acquired_at.replace(tzinfo=None)
 
 
 # --- every WFDB record of the shared samples ------------------------------------------------------

@@ -116,6 +116,27 @@ def wfdb_date_time(base_time: str | None, base_date: str | None) -> datetime | N
                              _int(clock["h"]), _int(clock["mi"]), int(clock["s"]), _micro(clock["f"])))
 
 
+_EDF_DATE = re.compile(r"(?P<d>\d{2})\.(?P<mo>\d{2})\.(?P<y>\d{2})")
+_EDF_TIME = re.compile(r"(?P<h>\d{2})\.(?P<mi>\d{2})\.(?P<s>\d{2})")
+EDF_CLIPPING_YEAR = 85  # EDF: two-digit years 85-99 are 1985-1999, 00-84 are 2000-2084
+
+
+def edf_date_time(start_date: str | None, start_time: str | None) -> datetime | None:
+    """An EDF/EDF+/BDF header's startdate and starttime (``dd.mm.yy``, ``hh.mm.ss``, bytes
+    168-183 of the fixed header), with the EDF clipping year 1985. Naive: EDF has no zone.
+    None when either field is blank."""
+    start_date, start_time = (start_date or "").strip(), (start_time or "").strip()
+    if not start_date or not start_time:
+        return None
+    day, clock = _EDF_DATE.fullmatch(start_date), _EDF_TIME.fullmatch(start_time)
+    if day is None or clock is None:
+        raise ValueError("not an EDF start date and time")
+    yy = int(day["y"])
+    year = 1900 + yy if yy >= EDF_CLIPPING_YEAR else 2000 + yy
+    return _checked(datetime(year, int(day["mo"]), int(day["d"]),  # noqa: DTZ001 -- EDF has no zone
+                             int(clock["h"]), int(clock["mi"]), int(clock["s"])))
+
+
 def _clock(text: str) -> time:
     match = _CLOCK.fullmatch(text)
     if match is None:
