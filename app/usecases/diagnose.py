@@ -48,7 +48,7 @@ from app.usecases.explain import (
     signal_warnings,
 )
 from app.usecases.results import DiagnoseResult, EcgResult, LabelSetRef, ResultWarning, Tracing
-from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer, ServedModel
+from app.usecases.scoring import RuntimeEmbedder, Scored, Scorer, ServedModel, gather_or_withdraw
 
 ADHOC_SET = "adhoc"
 UNTRAINED_WARNING = ResultWarning(
@@ -133,18 +133,11 @@ def _panel(label_set: LabelSet, vectors: np.ndarray) -> Panel:
 async def _score_all(scorer: Scorer, key: str, windows: Sequence[np.ndarray], vectors: np.ndarray,
                      deadline: float | None, *, masked: bool = False) -> list[Scored]:
     """Score every ECG of a request (``windows``: one array per ECG, one model job each; with
-    ``masked``, lead-masked windows, in jobs of one window's worth each); if one fails (e.g. its
-    deadline), the others are withdrawn from the queue (cancelled, so the batcher skips them)
-    instead of being scored for nothing."""
-    tasks = [asyncio.ensure_future(
+    ``masked``, lead-masked windows, in jobs of one window's worth each); if one fails, the others
+    are withdrawn (``gather_or_withdraw``)."""
+    return await gather_or_withdraw([
         scorer.score_in_parts(key, w, vectors, part=MASKED_JOB_WINDOWS, deadline=deadline) if masked else
-        scorer.score(key, w, vectors, deadline=deadline)) for w in windows]
-    try:
-        return list(await asyncio.gather(*tasks))
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
+        scorer.score(key, w, vectors, deadline=deadline) for w in windows])
 
 
 def _lead_masking(inputs: Sequence[ModelInput], timings: Timings) -> list[LeadMasking]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Hashable
+from collections.abc import Coroutine, Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,7 @@ from app.ops import metrics
 from app.serving.batching import BatchStats, DynamicBatcher, IncomingWork
 from app.serving.runtime import ModelInfo, ModelRuntime, PreparedLabels
 
+T = TypeVar("T")
 ENCODE_KEY = "encode"  # the batch key of feature requests (panel keys are "<text encoder>:<version>")
 
 
@@ -54,6 +55,18 @@ class Scored:
     attention: np.ndarray  # (N, C, 32)
     queue_s: float
     inference_s: float
+
+
+async def gather_or_withdraw(jobs: Sequence[Coroutine[Any, Any, T]]) -> list[T]:
+    """Await every model job; if one fails (e.g. its deadline), the others are withdrawn from the
+    queue (cancelled, so the batcher skips them) instead of being scored for nothing."""
+    tasks = [asyncio.ensure_future(job) for job in jobs]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
 
 
 class Scorer:
@@ -145,14 +158,8 @@ class Scorer:
         of a 600 s record's 780 windows would need about 2 GB in one call). Rows keep their order."""
         if len(windows) <= part:
             return await self.score(panel_key, windows, vectors, deadline=deadline)
-        tasks = [asyncio.ensure_future(self.score(panel_key, windows[i:i + part], vectors, deadline=deadline))
-                 for i in range(0, len(windows), part)]
-        try:
-            parts = await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                if not t.done():
-                    t.cancel()
+        parts = await gather_or_withdraw([self.score(panel_key, windows[i:i + part], vectors, deadline=deadline)
+                                          for i in range(0, len(windows), part)])
         return Scored(np.concatenate([s.probabilities for s in parts]), np.concatenate([s.attention for s in parts]),
                       queue_s=max(s.queue_s for s in parts), inference_s=max(s.inference_s for s in parts))
 
